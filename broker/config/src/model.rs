@@ -1,0 +1,281 @@
+//! The configuration types and their defaults.
+//!
+//! These are plain data: every value here has already been parsed and, when it comes
+//! out of [`crate::load`], validated as a whole. The broker binds them; it never
+//! re-parses or re-checks them.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The IANA port for unencrypted MQTT.
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// The largest packet MQTT can express: a Remaining Length of 268,435,455 bytes plus
+/// a 5-byte fixed header (MQTT 5 §1.5.5, §2.1.4).
+pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_455 + 5;
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// MQTT listeners. Default: one listener `default` on `0.0.0.0:1883`.
+    pub listeners: Vec<ListenerConfig>,
+    /// Protocol limits and behaviour shared by every listener.
+    pub mqtt: MqttConfig,
+    /// Where and whether sessions, retained messages and queues are stored.
+    pub persistence: PersistenceConfig,
+    /// `$SYS` statistics topics.
+    pub sys: SysConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Diagnostics from loading that are not errors, such as mosquitto.conf directives
+    /// that are accepted but have no effect. `main` logs each one as a warning at
+    /// startup. Not configuration: never rendered, never read from a file.
+    pub notes: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listeners: vec![ListenerConfig::mqtt(
+                "default",
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            )],
+            mqtt: MqttConfig::default(),
+            persistence: PersistenceConfig::default(),
+            sys: SysConfig::default(),
+            log: LogConfig::default(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// The wire protocol a listener speaks.
+///
+/// Only plain MQTT over TCP for now; `mqtts`, `ws` and `wss` come with TLS and
+/// WebSockets, and asking for them today is a configuration error, not a silent
+/// downgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ListenerProtocol {
+    /// MQTT 3.1, 3.1.1 and 5.0 over plain TCP.
+    #[default]
+    Mqtt,
+}
+
+impl ListenerProtocol {
+    /// The name used in config files and the ready file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl fmt::Display for ListenerProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// A name for logs, metrics and the ready file; unique among listeners.
+    pub name: String,
+    /// Address and port to bind. Port 0 asks the OS for an ephemeral port.
+    pub bind: SocketAddr,
+    /// The protocol spoken on this listener.
+    pub protocol: ListenerProtocol,
+    /// Overrides [`MqttConfig::allow_anonymous`] for this listener when set.
+    pub allow_anonymous: Option<bool>,
+    /// Maximum simultaneous client connections on this listener; `None` = no
+    /// per-listener limit (the broker's global bounds still apply).
+    pub max_connections: Option<usize>,
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener with no per-listener overrides.
+    pub fn mqtt(name: impl Into<String>, bind: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            bind,
+            protocol: ListenerProtocol::Mqtt,
+            allow_anonymous: None,
+            max_connections: None,
+        }
+    }
+}
+
+/// Protocol limits and behaviour. Field docs give the default and the bound checked by
+/// validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// Accept clients that send no username. Default `true`, so the Mosquitto tutorial
+    /// works without a config file.
+    pub allow_anonymous: bool,
+    /// Accept an empty client identifier and assign one (MQTT 3.1.1 with a clean
+    /// session, and MQTT 5). Default `true`.
+    pub allow_zero_length_clientid: bool,
+    /// Prefix of assigned client identifiers. Default `"auto-"`.
+    pub auto_id_prefix: String,
+    /// Largest keep-alive, in seconds, a client may use; an MQTT 5 client asking for
+    /// more (or for 0) is sent this as Server Keep Alive. Default 65535; must be >= 1.
+    pub max_keepalive: u16,
+    /// Outgoing QoS 1/2 messages in flight per client (further clamped by the client's
+    /// Receive Maximum). Default 100; must be >= 1.
+    pub max_inflight_messages: u16,
+    /// Receive Maximum the server sends in CONNACK: incoming QoS 1/2 publishes a client
+    /// may have unacknowledged. Default 100; must be >= 1.
+    pub receive_maximum: u16,
+    /// Messages queued per offline or slow session. Default 1000; must be >= 1.
+    pub max_queued_messages: usize,
+    /// Bytes queued per offline or slow session. Default 64 MiB; must be >= 1.
+    pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages for offline persistent sessions. Default `false`, like
+    /// Mosquitto.
+    pub queue_qos0_messages: bool,
+    /// Largest packet accepted, in bytes, fixed header included. Default 2 MiB; must be
+    /// 1..=[`MAX_PACKET_SIZE_LIMIT`].
+    pub max_packet_size: u32,
+    /// Largest PUBLISH payload accepted (Mosquitto's `message_size_limit`); `None` = no
+    /// limit beyond `max_packet_size`. Written as 0 in files and the environment.
+    pub max_payload_size: Option<u32>,
+    /// Topic aliases a client may use towards the server (MQTT 5). Default 10; 0
+    /// disables topic aliases.
+    pub topic_alias_maximum: u16,
+    /// Whether retained messages are supported. Default `true`.
+    pub retain_available: bool,
+    /// Highest QoS granted. Default 2; must be 0, 1 or 2.
+    pub max_qos: u8,
+    /// Cap on the Session Expiry Interval a client may ask for, in seconds. Default
+    /// `u32::MAX` (MQTT 5's "never expires").
+    pub max_session_expiry_interval: u32,
+    /// How long a new connection has to send CONNECT. Default 10 s; must be > 0.
+    pub connect_timeout: Duration,
+    /// Levels a topic name or filter may have. Default 128; must be >= 1.
+    pub max_topic_levels: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: true,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".to_owned(),
+            max_keepalive: u16::MAX,
+            max_inflight_messages: 100,
+            receive_maximum: 100,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            queue_qos0_messages: false,
+            max_packet_size: 2 * 1024 * 1024,
+            max_payload_size: None,
+            topic_alias_maximum: 10,
+            retain_available: true,
+            max_qos: 2,
+            max_session_expiry_interval: u32::MAX,
+            connect_timeout: Duration::from_secs(10),
+            max_topic_levels: 128,
+        }
+    }
+}
+
+/// Storage of sessions, retained messages and queues.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersistenceConfig {
+    /// Store state on disk. Default `true`.
+    pub enabled: bool,
+    /// Data directory. Default `./data`.
+    pub path: PathBuf,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `$SYS` topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SysConfig {
+    /// Publish interval. Default 10 s; zero disables `$SYS`.
+    pub interval: Duration,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a tracing
+    /// `EnvFilter` directive list such as `info,ferromq=debug`. Default `info`.
+    pub level: String,
+    /// Output format. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in files, the environment and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`LogFormat`]: the input was neither `text` nor `json`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log format `{0}`: expected `text` or `json`")]
+pub struct ParseLogFormatError(pub String);
+
+impl FromStr for LogFormat {
+    type Err = ParseLogFormatError;
+
+    /// Case-insensitive, so a CLI parser can use it directly.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("text") {
+            Ok(Self::Text)
+        } else if s.eq_ignore_ascii_case("json") {
+            Ok(Self::Json)
+        } else {
+            Err(ParseLogFormatError(s.to_owned()))
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Whole-config validation, run once after every layer has been applied, so a bound
+//! broken by the file but fixed by the environment is not an error, and every broken
+//! rule is reported together (nats-server `validateMQTTOptions`).
+
+use std::net::SocketAddr;
+
+use crate::error::{ConfigError, ConfigErrors, Location};
+use crate::keys;
+use crate::load::Origins;
+use crate::model::{Config, MAX_PACKET_SIZE_LIMIT};
+
+impl Config {
+    /// Checks every rule the loader checks, for a `Config` built in code.
+    ///
+    /// # Errors
+    /// Every broken rule; messages name keys but no sources.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        check(self, &Origins::default(), false, &mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+pub(crate) fn check(
+    config: &Config,
+    origins: &Origins,
+    listeners_incomplete: bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut v = Validator {
+        config,
+        origins,
+        errors,
+    };
+    v.listeners(listeners_incomplete);
+
+    let m = &config.mqtt;
+    v.rule(
+        "mqtt.max_keepalive",
+        m.max_keepalive >= 1,
+        "must be from 1 to 65535 seconds: it caps the keep-alive clients may ask for",
+    );
+    v.rule(
+        "mqtt.max_inflight_messages",
+        m.max_inflight_messages >= 1,
+        "must be at least 1: it is each client's window of unacknowledged QoS 1/2 deliveries",
+    );
+    v.rule(
+        "mqtt.receive_maximum",
+        m.receive_maximum >= 1,
+        "must be at least 1: MQTT 5 forbids a Receive Maximum of 0 (MQTT 5 §3.2.2.3.3)",
+    );
+    v.rule(
+        "mqtt.max_queued_messages",
+        m.max_queued_messages >= 1,
+        "must be at least 1: every session queue is bounded",
+    );
+    v.rule(
+        "mqtt.max_queued_bytes",
+        m.max_queued_bytes >= 1,
+        "must be at least 1: every session queue is bounded",
+    );
+    v.rule(
+        "mqtt.max_packet_size",
+        (1..=MAX_PACKET_SIZE_LIMIT).contains(&m.max_packet_size),
+        "must be from 1 to 268435460, the largest packet MQTT can encode (MQTT 5 §2.1.4)",
+    );
+    v.rule("mqtt.max_qos", m.max_qos <= 2, "must be 0, 1 or 2");
+    v.rule(
+        "mqtt.connect_timeout",
+        !m.connect_timeout.is_zero(),
+        "must be longer than zero, or no client could ever connect",
+    );
+    v.rule(
+        "mqtt.max_topic_levels",
+        m.max_topic_levels >= 1,
+        "must be at least 1",
+    );
+    v.rule(
+        "persistence.path",
+        !config.persistence.enabled || !config.persistence.path.as_os_str().is_empty(),
+        "must not be empty while persistence is enabled",
+    );
+    v.rule(
+        "log.level",
+        log_level_ok(&config.log.level),
+        "must be a level (error, warn, info, debug, trace, off) or a tracing filter \
+         such as \"info,ferromq=debug\"",
+    );
+}
+
+struct Validator<'a> {
+    config: &'a Config,
+    origins: &'a Origins,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    /// Reports `key` with its current value unless `ok`.
+    fn rule(&mut self, key: &str, ok: bool, problem: &str) {
+        if ok {
+            return;
+        }
+        let value = keys::by_path(key).map_or_else(String::new, |k| (k.render)(self.config));
+        self.errors.push(ConfigError::Invalid {
+            subject: format!("`{key}` = {value}"),
+            at: self.origins.keys.get(key).cloned(),
+            problem: problem.to_owned(),
+        });
+    }
+
+    fn listener_at(&self, i: usize) -> Option<Location> {
+        self.origins.listeners.get(i).cloned().flatten()
+    }
+
+    fn listeners(&mut self, incomplete: bool) {
+        let listeners = &self.config.listeners;
+        if listeners.is_empty() && !incomplete {
+            self.errors.push(ConfigError::Invalid {
+                subject: "no listeners".to_owned(),
+                at: None,
+                problem: "at least one is required: add a [[listener]] section, a \
+                          `listener PORT` line, FERROMQ_LISTEN or --listen"
+                    .to_owned(),
+            });
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            let at = self.listener_at(i);
+            if l.name.trim().is_empty() {
+                self.errors.push(ConfigError::Invalid {
+                    subject: format!("listener #{} ({})", i + 1, l.bind),
+                    at: at.clone(),
+                    problem: "`name` must not be empty".to_owned(),
+                });
+            }
+            if l.max_connections == Some(0) {
+                self.errors.push(ConfigError::Invalid {
+                    subject: format!("listener `{}` max_connections = 0", l.name),
+                    at: at.clone(),
+                    problem: "must be at least 1 (leave it out for no per-listener limit)"
+                        .to_owned(),
+                });
+            }
+            for (j, earlier) in listeners[..i].iter().enumerate() {
+                let earlier_at = self
+                    .listener_at(j)
+                    .map_or_else(String::new, |a| format!(", from {a}"));
+                if !l.name.trim().is_empty() && l.name == earlier.name {
+                    self.errors.push(ConfigError::Invalid {
+                        subject: format!("listener name `{}`", l.name),
+                        at: at.clone(),
+                        problem: format!(
+                            "already used by the listener on {}{earlier_at}",
+                            earlier.bind
+                        ),
+                    });
+                }
+                if let Some(why) = bind_conflict(earlier.bind, l.bind) {
+                    self.errors.push(ConfigError::Invalid {
+                        subject: format!("listener `{}` bind = {}", l.name, l.bind),
+                        at: at.clone(),
+                        problem: format!(
+                            "{why} listener `{}` ({}{earlier_at})",
+                            earlier.name, earlier.bind
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Why two listeners cannot both bind, if they cannot. Port 0 (ephemeral) never
+/// conflicts. A wildcard address covers every address of its family on that port.
+/// (Whether `[::]` also covers IPv4 depends on the OS; that is left to bind time.)
+fn bind_conflict(a: SocketAddr, b: SocketAddr) -> Option<&'static str> {
+    if a.port() != b.port() || a.port() == 0 {
+        None
+    } else if a.ip() == b.ip() {
+        Some("same address as")
+    } else if a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()) {
+        Some("overlaps (a wildcard address covers every interface)")
+    } else {
+        None
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn is_level(s: &str) -> bool {
+    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()))
+}
+
+/// A level, or a comma-separated tracing `EnvFilter` list whose directives each end
+/// in `=LEVEL` or name a path (`a::b`) or span filter (`[...]`). A bare word that is
+/// not a level is refused: `EnvFilter` would read `debgu` as a target name and
+/// silently log nothing.
+fn log_level_ok(spec: &str) -> bool {
+    !spec.trim().is_empty()
+        && spec.split(',').all(|directive| {
+            let directive = directive.trim();
+            match directive.rsplit_once('=') {
+                Some((target, level)) => !target.trim().is_empty() && is_level(level),
+                None => is_level(directive) || directive.contains("::") || directive.contains('['),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,ferromq=debug",
+            "ferromq::session",
+            "a[span{x=1}]=trace",
+        ] {
+            assert!(log_level_ok(ok), "{ok}");
+        }
+        for bad in ["", "debgu", "info,", "=debug", "ferromq=loud", "verbose"] {
+            assert!(!log_level_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_conflicts() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("test address");
+        assert!(bind_conflict(a("0.0.0.0:1883"), a("0.0.0.0:1883")).is_some());
+        assert!(bind_conflict(a("0.0.0.0:1883"), a("127.0.0.1:1883")).is_some());
+        assert!(bind_conflict(a("127.0.0.1:1883"), a("[::]:1883")).is_none());
+        assert!(bind_conflict(a("127.0.0.1:1883"), a("127.0.0.2:1883")).is_none());
+        assert!(bind_conflict(a("127.0.0.1:0"), a("127.0.0.1:0")).is_none());
+        assert!(bind_conflict(a("127.0.0.1:1883"), a("127.0.0.1:1884")).is_none());
+    }
+}

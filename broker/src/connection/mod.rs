@@ -1,0 +1,796 @@
+//! One task per network connection (mini-redis `Handler`).
+//!
+//! The task owns the socket, its read and write buffers and the per-connection MQTT
+//! state (negotiated limits, topic aliases). It waits on four things at once, all
+//! cancel-safe: bytes from the socket (`read_buf` keeps partial frames in the buffer),
+//! deliveries queued for its session (`Notify`), its keep-alive deadline, and a kick
+//! (takeover, shutdown). Everything queued for the socket is written in one
+//! `write_all` per wake-up, with `TCP_NODELAY` set, so batches go out without waiting
+//! for Nagle (see `reference/benchmarks.md`).
+//!
+//! # Layout
+//! - [`handshake`]: CONNECT rules and the CONNACK.
+//! - [`alias`]: topic aliases in both directions.
+//! - this file: the read/dispatch/write loop and packet handlers.
+
+pub mod alias;
+pub mod handshake;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferromq_codec::{
+    AckProperties, ByteString, Connect, DecodeError, Disconnect, Packet, ProtocolVersion, PubResp,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::broker::{Broker, PendingWill};
+use crate::message::Message;
+use crate::session::state::{IncomingQos2, Outgoing};
+use crate::session::{Link, Session};
+use crate::stats::Stats;
+use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
+use handshake::Accepted;
+
+/// Initial read buffer; grows up to the maximum packet size for large packets.
+const READ_BUFFER: usize = 4 * 1024;
+/// A write buffer that grew beyond this is released when the connection goes idle.
+const WRITE_BUFFER_KEEP: usize = 64 * 1024;
+/// Most packets encoded per wake-up before the batch is written.
+const MAX_BATCH: usize = 1024;
+
+/// Why a connection ended; decides the will and the log line.
+#[derive(Debug)]
+enum Close {
+    /// DISCONNECT from the client; `keep_will` for v5 reason 0x04.
+    ClientDisconnect { keep_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Network(String),
+    /// Keep alive expired [MQTT-3.1.2-24].
+    KeepAlive,
+    /// We detected a protocol violation: v5 gets DISCONNECT with `reason`.
+    Protocol { reason: ReasonCode, problem: String },
+    /// Takeover or administrative kick: v5 gets DISCONNECT with the link's reason.
+    Kicked(ReasonCode),
+    /// The broker is shutting down: v5 gets DISCONNECT 0x8B.
+    Shutdown,
+}
+
+impl Close {
+    fn protocol(reason: ReasonCode, problem: impl Into<String>) -> Close {
+        Close::Protocol {
+            reason,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for Close {
+    fn from(e: DecodeError) -> Close {
+        Close::protocol(e.reason_code(), e.to_string())
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<S>(mut stream: S, peer: SocketAddr, broker: Broker)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
+        Some(c) => c,
+        None => return,
+    };
+    let cfg = broker.mqtt().clone();
+    let accepted = match handshake::accept(&connect, &cfg, cfg.allow_anonymous) {
+        Ok(a) => a,
+        Err(refused) => {
+            tracing::info!(client_id = %connect.client_id, addr = %peer, reason = %refused.0, "connection refused");
+            let ack = handshake::refusal(connect.protocol, refused);
+            let mut out = BytesMut::new();
+            if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
+                let _ = stream.write_all(&out).await;
+            }
+            return;
+        }
+    };
+    let opened = broker
+        .open_session(
+            accepted.client_id.clone(),
+            accepted.clean_start,
+            accepted.session_expiry,
+        )
+        .await;
+    let ack = handshake::connack(&accepted, &connect, &cfg, opened.session_present);
+    let will = handshake::pending_will(&connect, opened.session.id);
+    tracing::info!(
+        client_id = %accepted.client_id,
+        addr = %peer,
+        protocol = ?connect.protocol,
+        clean_start = accepted.clean_start,
+        keep_alive = accepted.keep_alive,
+        session_present = opened.session_present,
+        "client connected"
+    );
+    broker.stats().client_connected();
+
+    let mut conn = Connection {
+        broker: broker.clone(),
+        peer,
+        protocol: connect.protocol,
+        session: opened.session.clone(),
+        link: opened.link.clone(),
+        session_expiry: accepted.session_expiry,
+        window: usize::from(
+            accepted
+                .client_receive_maximum
+                .min(cfg.max_inflight_messages),
+        )
+        .max(1),
+        inbound_aliases: InboundAliases::new(cfg.topic_alias_maximum),
+        outbound_aliases: OutboundAliases::new(accepted.client_topic_alias_maximum),
+        wbuf: BytesMut::new(),
+        accepted,
+        cfg,
+    };
+    conn.encode(&Packet::ConnAck(ack));
+    // Resend what was in flight when the session was last connected, then whatever
+    // queued while it was offline [MQTT-4.4.0-1].
+    let resend = conn.session.lock().delivery.resume(Instant::now());
+    for out in resend {
+        conn.encode_outgoing(out);
+    }
+
+    let close = conn.run(&mut stream, rbuf).await;
+    conn.finish(&mut stream, close, will).await;
+    broker.stats().client_disconnected();
+}
+
+/// Reads the first packet, which must be a CONNECT [MQTT-3.1.0-1], within the connect
+/// timeout. Answers an unsupported protocol level with CONNACK 0x01 / 0x84
+/// [MQTT-3.1.2-2] and logs every refusal with the peer address.
+async fn read_connect<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: &Broker,
+) -> Option<Box<Connect>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = broker.mqtt().max_packet_size as usize;
+    let deadline = tokio::time::Instant::now() + broker.mqtt().connect_timeout;
+    loop {
+        match ferromq_codec::decode(rbuf, ProtocolVersion::V5, max) {
+            Ok(Some(Packet::Connect(c))) => {
+                Stats::add(&broker.stats().packets_received, 1);
+                return Some(c);
+            }
+            Ok(Some(other)) => {
+                tracing::warn!(addr = %peer, packet = other.name(), "closing connection: first packet is not CONNECT");
+                return None;
+            }
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedProtocolVersion(level)) => {
+                tracing::warn!(addr = %peer, level, "closing connection: unsupported protocol level");
+                // A future version probably reads a v5 CONNACK; older ones read 3.1.1.
+                let (version, code) = if level > 5 {
+                    (
+                        ProtocolVersion::V5,
+                        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    )
+                } else {
+                    (
+                        ProtocolVersion::V3_1_1,
+                        ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION,
+                    )
+                };
+                let ack = ferromq_codec::ConnAck {
+                    reason_code: code,
+                    ..Default::default()
+                };
+                let mut out = BytesMut::new();
+                if ferromq_codec::encode(&Packet::ConnAck(ack), version, &mut out).is_ok() {
+                    let _ = stream.write_all(&out).await;
+                }
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(addr = %peer, error = %e, "closing connection: bad CONNECT");
+                return None;
+            }
+        }
+        let read = tokio::select! {
+            r = stream.read_buf(rbuf) => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::info!(addr = %peer, "closing connection: no CONNECT within the connect timeout");
+                return None;
+            }
+            _ = broker.shutdown_token().cancelled() => return None,
+        };
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => Stats::add(&broker.stats().bytes_received, n as u64),
+        }
+    }
+}
+
+struct Connection {
+    broker: Broker,
+    peer: SocketAddr,
+    protocol: ProtocolVersion,
+    session: Arc<Session>,
+    link: Link,
+    accepted: Accepted,
+    cfg: ferromq_config::MqttConfig,
+    /// Current Session Expiry Interval (a v5 DISCONNECT may change it).
+    session_expiry: u32,
+    /// Outbound in-flight window: min(client Receive Maximum, max_inflight_messages).
+    window: usize,
+    inbound_aliases: InboundAliases,
+    outbound_aliases: OutboundAliases,
+    wbuf: BytesMut,
+}
+
+impl Connection {
+    fn v5(&self) -> bool {
+        self.protocol.is_v5()
+    }
+
+    async fn run<S>(&mut self, stream: &mut S, mut rbuf: BytesMut) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let keep_alive = (self.accepted.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+        let max_in = self.cfg.max_packet_size as usize;
+        // Anything that arrived together with the CONNECT.
+        if !rbuf.is_empty()
+            && let Err(close) = self.process_input(&mut rbuf, max_in)
+        {
+            return close;
+        }
+        loop {
+            self.drain_session();
+            if !self.wbuf.is_empty() {
+                let written = tokio::select! {
+                    r = stream.write_all(&self.wbuf) => r,
+                    _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
+                    _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
+                };
+                if let Err(e) = written {
+                    return Close::Network(e.to_string());
+                }
+                Stats::add(&self.broker.stats().bytes_sent, self.wbuf.len() as u64);
+                self.wbuf.clear();
+                if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
+                    self.wbuf = BytesMut::new();
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
+                _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
+                read = stream.read_buf(&mut rbuf) => match read {
+                    Ok(0) => return Close::Network("connection closed by peer".into()),
+                    Ok(n) => {
+                        Stats::add(&self.broker.stats().bytes_received, n as u64);
+                        let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                        if let Err(close) = self.process_input(&mut rbuf, max_in) {
+                            return close;
+                        }
+                        let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                        if after != before {
+                            deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+                        }
+                        if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
+                            rbuf = BytesMut::with_capacity(READ_BUFFER);
+                        }
+                    }
+                    Err(e) => return Close::Network(e.to_string()),
+                },
+                _ = self.session.wait_for_work() => {}
+                _ = tokio::time::sleep_until(deadline) => return Close::KeepAlive,
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the buffer.
+    fn process_input(&mut self, rbuf: &mut BytesMut, max_in: usize) -> Result<(), Close> {
+        loop {
+            match ferromq_codec::decode(rbuf, self.protocol, max_in)? {
+                Some(packet) => {
+                    Stats::add(&self.broker.stats().packets_received, 1);
+                    self.handle(packet)?;
+                }
+                None => {
+                    // Room for the rest of a large packet, bounded by the maximum
+                    // packet size that `check` already enforced.
+                    if let Ok(Some(info)) = ferromq_codec::check(rbuf, max_in) {
+                        rbuf.reserve(info.frame_len().saturating_sub(rbuf.len()));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(ack) => {
+                if self.session.lock().delivery.on_puback(ack.packet_id) {
+                    Ok(())
+                } else {
+                    tracing::debug!(client_id = %self.session.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                    Ok(())
+                }
+            }
+            Packet::PubRec(rec) => {
+                let send_rel = self
+                    .session
+                    .lock()
+                    .delivery
+                    .on_pubrec(rec.packet_id, rec.reason_code.is_success());
+                if send_rel {
+                    self.encode(&Packet::PubRel(PubResp {
+                        packet_id: rec.packet_id,
+                        ..Default::default()
+                    }));
+                } else if rec.reason_code.is_success() {
+                    // [MQTT-4.3.3-?] unknown id: answer so the client can clean up.
+                    self.encode(&Packet::PubRel(PubResp {
+                        packet_id: rec.packet_id,
+                        reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                        ..Default::default()
+                    }));
+                }
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.session.lock().delivery.on_pubcomp(comp.packet_id);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let known = self.session.lock().delivery.on_pubrel(rel.packet_id);
+                // Unknown id: v5 says so with 0x92 [MQTT-3.7.2-1]; 3.1.1 just completes.
+                let reason = if known || !self.v5() {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.encode(&Packet::PubComp(PubResp {
+                    packet_id: rel.packet_id,
+                    reason_code: reason,
+                    ..Default::default()
+                }));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.encode(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT on a connection [MQTT-3.1.0-2]",
+            )),
+            Packet::Auth(_) => Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method [MQTT-4.12.0-1]",
+            )),
+            other => Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                format!("{} is a server-to-client packet", other.name()),
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        Stats::add(&self.broker.stats().publish_received, 1);
+        Stats::add(
+            &self.broker.stats().publish_bytes_received,
+            p.payload.len() as u64,
+        );
+        let topic = if self.v5() {
+            match self
+                .inbound_aliases
+                .resolve(&p.topic, p.properties.topic_alias)
+            {
+                Ok(t) => t,
+                Err(AliasError::Invalid) => {
+                    return Err(Close::protocol(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        format!(
+                            "topic alias {:?} is 0 or above the maximum [MQTT-3.3.2-8]",
+                            p.properties.topic_alias
+                        ),
+                    ));
+                }
+                Err(AliasError::Unknown) => {
+                    return Err(Close::protocol(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "unknown topic alias",
+                    ));
+                }
+                Err(AliasError::MissingTopic) => {
+                    return Err(Close::protocol(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "empty topic without a topic alias",
+                    ));
+                }
+            }
+        } else {
+            p.topic.clone()
+        };
+        if let Err(e) = ferromq_topic::validate_topic_name(&topic) {
+            return Err(Close::protocol(
+                ReasonCode::TOPIC_NAME_INVALID,
+                format!("invalid topic name: {e}"),
+            ));
+        }
+        if ferromq_topic::level_count(&topic) > self.cfg.max_topic_levels {
+            return Err(Close::protocol(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "too many topic levels",
+            ));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]",
+            ));
+        }
+        if p.qos as u8 > self.cfg.max_qos {
+            return Err(Close::protocol(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "QoS above the server's Maximum QoS [MQTT-3.2.2-11]",
+            ));
+        }
+        if p.retain && !self.cfg.retain_available {
+            return Err(Close::protocol(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain is not available [MQTT-3.2.2-14]",
+            ));
+        }
+        let too_big = self
+            .cfg
+            .max_payload_size
+            .is_some_and(|max| p.payload.len() > max as usize);
+
+        let route = match p.qos {
+            QoS::AtMostOnce | QoS::AtLeastOnce => !too_big,
+            QoS::ExactlyOnce => {
+                let outcome = self
+                    .session
+                    .lock()
+                    .delivery
+                    .on_incoming_qos2(p.packet_id, self.cfg.receive_maximum);
+                match outcome {
+                    IncomingQos2::New => !too_big,
+                    IncomingQos2::Duplicate => false,
+                    IncomingQos2::ReceiveMaximumExceeded => {
+                        return Err(Close::protocol(
+                            ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                            "more unacknowledged QoS 2 PUBLISHes than the Receive Maximum [MQTT-3.3.4-9]",
+                        ));
+                    }
+                }
+            }
+        };
+        let mut matched = 1;
+        if route {
+            let message = Message::new(
+                topic,
+                p.payload,
+                p.qos,
+                p.retain,
+                p.properties,
+                Some(self.session.id),
+            );
+            matched = self.broker.publish(message);
+        } else if too_big {
+            tracing::info!(client_id = %self.session.client_id, "PUBLISH payload above message_size_limit dropped");
+        }
+        let reason = if too_big {
+            ReasonCode::PACKET_TOO_LARGE
+        } else if matched == 0 {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubResp {
+                packet_id: p.packet_id,
+                reason_code: reason,
+                ..Default::default()
+            })),
+            QoS::ExactlyOnce => {
+                if too_big {
+                    // An error PUBREC ends the flow: forget the id [MQTT-4.3.3-?].
+                    self.session.lock().delivery.on_pubrel(p.packet_id);
+                }
+                self.encode(&Packet::PubRec(PubResp {
+                    packet_id: p.packet_id,
+                    reason_code: reason,
+                    ..Default::default()
+                }))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let identifier = s.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let (group, bare) = match ferromq_topic::parse_shared(filter) {
+                Ok(Some(sh)) => (Some(sh.group), sh.filter),
+                Ok(None) => (None, &filter[..]),
+                Err(_) => {
+                    codes.push(self.subscribe_failure(ReasonCode::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+            };
+            if ferromq_topic::validate_topic_filter(bare).is_err()
+                || ferromq_topic::level_count(bare) > self.cfg.max_topic_levels
+            {
+                codes.push(self.subscribe_failure(ReasonCode::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            if group.is_some() && options.no_local {
+                return Err(Close::protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                ));
+            }
+            let mut granted_options = *options;
+            granted_options.qos = handshake::granted_qos(options.qos, self.cfg.max_qos);
+            let existed = self
+                .broker
+                .subscribe(&self.session, filter, granted_options, identifier);
+            // Retained messages on subscribe, per Retain Handling [MQTT-3.3.1-9]
+            // [MQTT-3.3.1-10] [MQTT-3.3.1-11]; never for shared subscriptions.
+            let send_retained = group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained.extend(self.broker.retained_deliveries(
+                    bare,
+                    granted_options.qos,
+                    identifier,
+                ));
+            }
+            codes.push(ReasonCode(granted_options.qos as u8));
+        }
+        self.encode(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: AckProperties::default(),
+            reason_codes: codes,
+        }));
+        for delivery in retained {
+            if self.session.deliver(delivery).is_err() {
+                Stats::add(&self.broker.stats().dropped_queue_full, 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe_failure(&self, v5_code: ReasonCode) -> ReasonCode {
+        if self.v5() {
+            v5_code
+        } else {
+            ReasonCode::V3_SUBACK_FAILURE
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.broker.unsubscribe(&self.session, filter);
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.encode(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: AckProperties::default(),
+            reason_codes: codes,
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // Setting a non-zero expiry when the CONNECT had zero is a protocol error
+            // [MQTT-3.14.2-2].
+            if self.session_expiry == 0 && expiry != 0 {
+                return Err(Close::protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "DISCONNECT sets a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]",
+                ));
+            }
+            self.session_expiry = expiry.min(self.cfg.max_session_expiry_interval);
+        }
+        Err(Close::ClientDisconnect {
+            keep_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Moves deliveries from the session queue into the write buffer, within the
+    /// in-flight window.
+    fn drain_session(&mut self) {
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        {
+            let mut inner = self.session.lock();
+            while batch.len() < MAX_BATCH {
+                match inner.delivery.next_outgoing(self.window, now) {
+                    Some(out) => batch.push(out),
+                    None => break,
+                }
+            }
+            let (_, expired) = inner.delivery.take_dropped();
+            if expired > 0 {
+                Stats::add(&self.broker.stats().dropped_expired, expired);
+            }
+        }
+        if batch.len() == MAX_BATCH {
+            // More may be waiting: come back after this batch is written.
+            self.session.wake();
+        }
+        for out in batch {
+            self.encode_outgoing(out);
+        }
+    }
+
+    fn encode_outgoing(&mut self, out: Outgoing) {
+        match out {
+            Outgoing::PubRel { packet_id } => self.encode(&Packet::PubRel(PubResp {
+                packet_id,
+                ..Default::default()
+            })),
+            Outgoing::Publish {
+                packet_id,
+                dup,
+                delivery,
+            } => {
+                let msg = &delivery.message;
+                let mut publish = Publish {
+                    dup,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    topic: msg.topic.clone(),
+                    packet_id,
+                    properties: Default::default(),
+                    payload: msg.payload.clone(),
+                };
+                if self.v5() {
+                    publish.properties = msg.properties.clone();
+                    publish.properties.subscription_identifiers = delivery.subscription_ids;
+                    publish.properties.message_expiry_interval =
+                        msg.remaining_expiry(Instant::now());
+                }
+                // [MQTT-3.1.2-25] a packet above the client's Maximum Packet Size is
+                // discarded as if sent.
+                if let Some(max) = self.accepted.client_max_packet_size {
+                    let len = ferromq_codec::publish_encoded_len(&publish, self.protocol)
+                        .unwrap_or(usize::MAX);
+                    if len > max as usize {
+                        Stats::add(&self.broker.stats().dropped_too_large, 1);
+                        if packet_id != 0 {
+                            self.session.lock().delivery.forget(packet_id);
+                        }
+                        return;
+                    }
+                }
+                if self.v5() && !dup {
+                    match self.outbound_aliases.lookup(&publish.topic) {
+                        OutboundTopic::Plain => {}
+                        OutboundTopic::Assign(a) => publish.properties.topic_alias = Some(a),
+                        OutboundTopic::Reuse(a) => {
+                            publish.properties.topic_alias = Some(a);
+                            publish.topic = ByteString::new();
+                        }
+                    }
+                }
+                Stats::add(&self.broker.stats().publish_sent, 1);
+                Stats::add(
+                    &self.broker.stats().publish_bytes_sent,
+                    publish.payload.len() as u64,
+                );
+                Stats::add(&self.broker.stats().packets_sent, 1);
+                if let Err(e) =
+                    ferromq_codec::encode_publish(&publish, self.protocol, &mut self.wbuf)
+                {
+                    tracing::warn!(client_id = %self.session.client_id, error = %e, "cannot encode PUBLISH");
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, packet: &Packet) {
+        Stats::add(&self.broker.stats().packets_sent, 1);
+        if let Err(e) = ferromq_codec::encode(packet, self.protocol, &mut self.wbuf) {
+            tracing::warn!(client_id = %self.session.client_id, error = %e, packet = packet.name(), "cannot encode packet");
+        }
+    }
+
+    /// Sends the closing DISCONNECT where one is due, flushes, detaches the session and
+    /// decides the will.
+    async fn finish<S>(&mut self, stream: &mut S, close: Close, will: Option<PendingWill>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let client_id = self.session.client_id.clone();
+        let disconnect_reason = match &close {
+            Close::Protocol { reason, problem } => {
+                Stats::add(&self.broker.stats().protocol_errors, 1);
+                tracing::warn!(client_id = %client_id, addr = %self.peer, reason = %reason, "closing connection: {problem}");
+                Some(*reason)
+            }
+            Close::KeepAlive => {
+                tracing::info!(client_id = %client_id, addr = %self.peer, "closing connection: keep alive timeout");
+                Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
+            }
+            Close::Kicked(reason) => Some(*reason),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::ClientDisconnect { .. } | Close::Network(_) => None,
+        };
+        if let Some(reason) = disconnect_reason
+            && self.v5()
+        {
+            self.encode(&Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties: Default::default(),
+            }));
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = stream.write_all(&self.wbuf).await;
+                let _ = stream.flush().await;
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+
+        let will = match &close {
+            Close::ClientDisconnect { keep_will } => will.filter(|_| *keep_will),
+            // Shutting down: the broker is going away with every client; no wills.
+            Close::Shutdown => None,
+            _ => will,
+        };
+        tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
+        self.broker
+            .close_connection(&self.session, &self.link, will, self.session_expiry);
+    }
+}
+
+fn describe(close: &Close) -> String {
+    match close {
+        Close::ClientDisconnect { keep_will: false } => "disconnect".into(),
+        Close::ClientDisconnect { keep_will: true } => "disconnect with will".into(),
+        Close::Network(e) => format!("network: {e}"),
+        Close::KeepAlive => "keep alive timeout".into(),
+        Close::Protocol { reason, .. } => format!("protocol error {reason}"),
+        Close::Kicked(reason) if *reason == ReasonCode::SESSION_TAKEN_OVER => {
+            "session taken over".into()
+        }
+        Close::Kicked(reason) => format!("kicked {reason}"),
+        Close::Shutdown => "server shutting down".into(),
+    }
+}

@@ -1,0 +1,139 @@
+//! The `ferromq` binary: parse the command line, load and validate the whole
+//! configuration, bind, serve until SIGTERM/SIGINT, shut down gracefully.
+//!
+//! Exit codes: 0 after a clean shutdown, 78 (`EX_CONFIG`) for an invalid configuration
+//! (every problem is printed), 1 when a listener cannot be bound or the runtime fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ferromq::Server;
+use ferromq_config::{CliOverrides, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// ferromq: a clustered MQTT 3.1 / 3.1.1 / 5.0 broker.
+#[derive(Debug, Parser)]
+#[command(name = "ferromq", version, about)]
+struct Cli {
+    /// Configuration file: `*.toml` (native) or a mosquitto.conf-style file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MQTT listener address (repeatable); replaces the configured listeners.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<std::net::SocketAddr>,
+    /// Data directory.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log level or filter (overrides the config; `RUST_LOG` overrides both).
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+    /// Write the bound listener addresses as JSON to this file once ready.
+    #[arg(long = "ready-file", value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!(
+            "unknown log format `{other}` (expected text or json)"
+        )),
+    }
+}
+
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = CliOverrides {
+        listen: cli.listen.clone(),
+        data_dir: cli.data_dir.clone(),
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format,
+    };
+    let config = match ferromq_config::load_from_process_env(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("ferromq: invalid configuration:\n{errors}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    init_logging(&config.log.level, config.log.format);
+    for note in &config.notes {
+        tracing::warn!("config: {note}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferromq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(Arc::new(config), cli.ready_file))
+}
+
+async fn run(config: Arc<ferromq_config::Config>, ready_file: Option<PathBuf>) -> ExitCode {
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ferromq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = ready_file {
+        if let Err(e) = server.write_ready_file(&path) {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ferromq started");
+    server.run(shutdown_signal()).await;
+    tracing::info!("ferromq stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The subscription index: which sessions want a topic.
+//!
+//! Built on [`ferromq_topic::TopicTrie`], keyed per subscriber so a session has at most
+//! one subscription per filter [MQTT-3.8.4-3] and a shared-subscription group is one
+//! entry whose members take turns. Matching does not allocate per subscriber beyond
+//! the candidate list; the payload is shared by `Arc`.
+//!
+//! Overlapping subscriptions of one session produce **one** delivery at the highest
+//! granted QoS carrying every matching Subscription Identifier: required for 3.1.1
+//! ([MQTT-3.3.5-1] allows it and the Paho suite expects it) and allowed for 5.0
+//! [MQTT-3.3.4-2] [MQTT-3.3.4-3], which the Paho 5.0 suite expects too.
+//!
+//! The cluster issue extends this index with remote nodes' routes; a remote node is then
+//! one more kind of entry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ferromq_codec::{ByteString, QoS, SubscriptionOptions};
+use ferromq_topic::TopicTrie;
+
+use crate::message::{Delivery, Message, SessionId};
+use crate::session::Session;
+
+/// Whose entry a trie slot is: a session's own subscription or a shared group's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SubKey {
+    Session(SessionId),
+    Shared(ByteString),
+}
+
+/// One subscriber of a filter.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub session: Arc<Session>,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Members of one `$share/{group}/{filter}`: each message goes to one of them
+/// [MQTT-4.8.2-3], in turn, preferring members that are connected.
+#[derive(Debug, Default)]
+pub struct SharedGroup {
+    members: Vec<Subscriber>,
+    cursor: AtomicUsize,
+}
+
+impl SharedGroup {
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.session.is_online())
+            .or_else(|| self.members.get(start % n))
+    }
+}
+
+#[derive(Debug)]
+pub enum SubEntry {
+    Direct(Subscriber),
+    Shared(SharedGroup),
+}
+
+/// The index. Guarded by an `RwLock` in the broker: publishes take it shared.
+#[derive(Debug, Default)]
+pub struct Router {
+    trie: TopicTrie<SubKey, SubEntry>,
+    subscriptions: usize,
+    shared_subscriptions: usize,
+}
+
+impl Router {
+    /// Adds or replaces a subscription. `shared_group` is the group of a
+    /// `$share/{group}/{filter}` subscription, `filter` the part after it. Returns true
+    /// if the session already had this subscription (Retain Handling 1 needs it).
+    pub fn subscribe(&mut self, filter: &str, shared_group: Option<&str>, sub: Subscriber) -> bool {
+        match shared_group {
+            None => {
+                let key = SubKey::Session(sub.session.id);
+                let existed = self
+                    .trie
+                    .insert(filter, key, SubEntry::Direct(sub))
+                    .is_some();
+                if !existed {
+                    self.subscriptions += 1;
+                }
+                existed
+            }
+            Some(group) => {
+                let key = SubKey::Shared(ByteString::from(group));
+                let mut entry = match self.trie.remove(filter, &key) {
+                    Some(SubEntry::Shared(g)) => g,
+                    _ => SharedGroup::default(),
+                };
+                let existed = match entry
+                    .members
+                    .iter_mut()
+                    .find(|m| m.session.id == sub.session.id)
+                {
+                    Some(m) => {
+                        *m = sub;
+                        true
+                    }
+                    None => {
+                        entry.members.push(sub);
+                        false
+                    }
+                };
+                if !existed {
+                    self.shared_subscriptions += 1;
+                }
+                self.trie.insert(filter, key, SubEntry::Shared(entry));
+                existed
+            }
+        }
+    }
+
+    /// Removes a session's subscription; true if it existed.
+    pub fn unsubscribe(
+        &mut self,
+        filter: &str,
+        shared_group: Option<&str>,
+        session: SessionId,
+    ) -> bool {
+        match shared_group {
+            None => {
+                let removed = self
+                    .trie
+                    .remove(filter, &SubKey::Session(session))
+                    .is_some();
+                if removed {
+                    self.subscriptions -= 1;
+                }
+                removed
+            }
+            Some(group) => {
+                let key = SubKey::Shared(ByteString::from(group));
+                let Some(SubEntry::Shared(mut entry)) = self.trie.remove(filter, &key) else {
+                    return false;
+                };
+                let before = entry.members.len();
+                entry.members.retain(|m| m.session.id != session);
+                let removed = entry.members.len() != before;
+                if removed {
+                    self.shared_subscriptions -= 1;
+                }
+                if !entry.members.is_empty() {
+                    self.trie.insert(filter, key, SubEntry::Shared(entry));
+                }
+                removed
+            }
+        }
+    }
+
+    /// Non-shared subscriptions in the index.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Shared-subscription memberships in the index.
+    pub fn shared_subscription_count(&self) -> usize {
+        self.shared_subscriptions
+    }
+
+    /// Computes the deliveries of `message`: one per interested session.
+    pub fn route(&self, message: &Arc<Message>, out: &mut Vec<(Arc<Session>, Delivery)>) {
+        let mut candidates: Vec<&Subscriber> = Vec::new();
+        self.trie
+            .for_each_match(&message.topic, |_, entry| match entry {
+                SubEntry::Direct(sub) => {
+                    // No Local: not to the publisher's own session [MQTT-3.8.3-3].
+                    if sub.options.no_local && message.origin == Some(sub.session.id) {
+                        return;
+                    }
+                    candidates.push(sub);
+                }
+                SubEntry::Shared(group) => {
+                    if let Some(sub) = group.pick() {
+                        candidates.push(sub);
+                    }
+                }
+            });
+        if candidates.len() > 1 {
+            candidates.sort_by_key(|s| s.session.id);
+        }
+        let mut i = 0;
+        while i < candidates.len() {
+            let first = candidates[i];
+            let mut qos = first.options.qos;
+            let mut rap = first.options.retain_as_published;
+            let mut ids: Vec<u32> = first.identifier.into_iter().collect();
+            let mut j = i + 1;
+            while j < candidates.len() && candidates[j].session.id == first.session.id {
+                let s = candidates[j];
+                qos = qos.max(s.options.qos);
+                rap |= s.options.retain_as_published;
+                ids.extend(s.identifier);
+                j += 1;
+            }
+            out.push((
+                first.session.clone(),
+                Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(qos),
+                    retain: rap && message.retain,
+                    subscription_ids: ids,
+                },
+            ));
+            i = j;
+        }
+    }
+}
+
+/// The QoS of a delivery: the smaller of the published and the granted QoS
+/// [MQTT-3.8.4-8].
+pub fn delivery_qos(published: QoS, granted: QoS) -> QoS {
+    published.min(granted)
+}

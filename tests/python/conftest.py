@@ -1,0 +1,153 @@
+"""Shared fixtures for ferromq's black-box Python tests.
+
+Every test talks to a real `ferromq` process started on an ephemeral port
+(`listener 0 127.0.0.1`); the broker writes the addresses it bound to a ready
+file (`--ready-file`), which is how the tests learn the port without races.
+
+Set `FERROMQ_TEST_BROKER=mosquitto` to run the same tests against Debian's
+Mosquitto (the reference broker) when checking what a test expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO / "target" / "debug" / "ferromq"
+
+
+def ferromq_bin() -> Path:
+    return Path(os.environ.get("FERROMQ_BIN", DEFAULT_BIN))
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Polls `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Broker:
+    """A running broker process; `host`/`port` is its first MQTT listener."""
+
+    proc: subprocess.Popen
+    workdir: Path
+    host: str
+    port: int
+    listeners: list = field(default_factory=list)
+    log_path: Path | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Path | None = None,
+                 timeout: float = 20.0) -> Broker:
+    """Starts a broker with a mosquitto.conf-style `config` (a `listener 0 127.0.0.1`
+    line is prepended unless the config declares a listener itself)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ferromq-test-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "broker.log"
+    target = os.environ.get("FERROMQ_TEST_BROKER", "ferromq")
+    if target == "mosquitto":
+        port = _free_port()
+        body = "\n".join(l for l in config.splitlines() if not l.startswith("listener"))
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{body}\n")
+        logf = open(log_path, "wb")
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf), "-v"], stdout=logf, stderr=subprocess.STDOUT,
+                                cwd=workdir)
+        broker = Broker(proc, workdir, "127.0.0.1", port, [], log_path)
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout, what="mosquitto to listen")
+        return broker
+
+    if "listener" not in config:
+        config = "listener 0 127.0.0.1\n" + config
+    conf = workdir / "ferromq.conf"
+    conf.write_text(config)
+    ready = workdir / "ready.json"
+    logf = open(log_path, "wb")
+    cmd = [str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
+           "--data-dir", str(workdir / "data")] + (args or [])
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir)
+
+    def is_ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"ferromq exited with {proc.returncode}:\n{log_path.read_text()}")
+        if ready.exists():
+            try:
+                return json.loads(ready.read_text())
+            except json.JSONDecodeError:
+                return None
+        return None
+
+    info = wait_for(is_ready, timeout, what="ferromq ready file")
+    mqtt = [l for l in info["listeners"] if l["protocol"] == "mqtt"]
+    host, port = mqtt[0]["addr"].rsplit(":", 1)
+    return Broker(proc, workdir, host, int(port), info["listeners"], log_path)
+
+
+@pytest.fixture
+def broker_factory():
+    """Starts brokers with custom configs; all are stopped at the end of the test."""
+    started: list[Broker] = []
+
+    def factory(config: str = "", **kw) -> Broker:
+        b = start_broker(config, **kw)
+        started.append(b)
+        return b
+
+    yield factory
+    for b in started:
+        b.stop()
+        shutil.rmtree(b.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A broker on its default settings (plus an ephemeral loopback listener)."""
+    return broker_factory("")
