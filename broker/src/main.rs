@@ -90,11 +90,11 @@ async fn run(config: Arc<ferromq_config::Config>, ready_file: Option<PathBuf>) -
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = ready_file {
-        if let Err(e) = server.write_ready_file(&path) {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = ready_file
+        && let Err(e) = server.write_ready_file(&path)
+    {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ferromq started");
     server.run(shutdown_signal()).await;
@@ -131,6 +131,7 @@ fn init_logging(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),

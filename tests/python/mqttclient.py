@@ -303,6 +303,8 @@ class Client:
                       manual_ack=self.manual_ack)
         if self.protocol != 5:
             kwargs["clean_session"] = self.clean
+        if self._paho is not None:  # a reconnect through the same object
+            self._paho.loop_stop()
         c = paho.Client(**kwargs)
         c.on_connect = self._on_connect
         c.on_message = self._on_message

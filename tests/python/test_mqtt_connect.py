@@ -10,7 +10,9 @@ Known failures against Mosquitto 2.0.11 (the reference broker deviates, not the 
 
 import time
 
-from mqttclient import (CONNACK, DISCONNECT, PINGRESP, RawClient, barrier, both_protocols, connect,
+import pytest
+
+from mqttclient import (CONNACK, PINGRESP, RawClient, barrier, both_protocols, connect,
                         encode_connect, encode_disconnect, quiet, raw_connect, unique)
 
 
@@ -37,17 +39,20 @@ def test_mqtt31_client_connects(broker):
     assert (m.payload, m.qos) == (b"hello 3.1", 1)
 
 
-def test_unsupported_protocol_level_rejected(broker):
-    """An unknown protocol level gets CONNACK 0x01 and the connection is closed
-    [MQTT-3.1.2-2] (3.1.1)."""
+@pytest.mark.parametrize("level,code", [(2, 0x01), (42, 0x84)])
+def test_unsupported_protocol_level_rejected(broker, level, code):
+    """An unknown protocol level is refused and the connection closed [MQTT-3.1.2-2]:
+    below 5 with the 3.1.1 return code 0x01 (Unacceptable protocol version), above 5
+    with the 5.0 reason code 0x84 (Unsupported Protocol Version), the form a client of
+    a newer version reads (docs/ARCHITECTURE.md, "Connection")."""
     data = bytearray(encode_connect(unique("lvl"), 4))
     # fixed header (2 bytes) + protocol name "MQTT" (6 bytes) -> protocol level byte
     assert data[8] == 4
-    data[8] = 42
+    data[8] = level
     r = RawClient(broker, protocol=4)
     r.send(bytes(data))
     ack = r.expect(CONNACK)
-    assert ack.reason_code == 0x01
+    assert ack.reason_code == code
     r.wait_closed()
 
 

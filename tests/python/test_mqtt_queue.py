@@ -46,7 +46,8 @@ def test_offline_messages_delivered_in_order(broker, proto):
 
 @both_protocols
 def test_offline_queue_limit_drops_newest(broker_factory, proto):
-    """With `max_queued_messages 5` an offline session keeps the first 5 messages and
+    """Messages for offline sessions are added to their state [MQTT-4.5.0-1] up to the
+    configured bound: with `max_queued_messages 5` an offline session keeps the first 5 messages and
     drops the newer ones (documented overflow policy, as in Mosquitto); the kept ones
     arrive in order."""
     broker = broker_factory("max_queued_messages 5\n")

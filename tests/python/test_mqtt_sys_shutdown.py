@@ -9,11 +9,12 @@ Known failures against Mosquitto 2.0.11:
 import signal
 import time
 
-from mqttclient import both_protocols, connect, unique, wait_until
+from mqttclient import connect, wait_until
 
 
 def test_sys_topics_published(broker_factory):
-    """With `sys_interval 1`, `$SYS/#` yields $SYS/broker/version, $SYS/broker/uptime and
+    """$SYS is the broker's reserved `$` space (section 4.7.2). With `sys_interval 1`,
+    `$SYS/#` yields $SYS/broker/version, $SYS/broker/uptime and
     $SYS/broker/clients/connected with plausible values, retained and refreshed."""
     broker = broker_factory("sys_interval 1\n")
     others = [connect(broker) for _ in range(2)]

@@ -7,7 +7,7 @@ Known failures against Mosquitto 2.0.11:
   0x81 (Malformed Packet); ferromq uses 0x94 (Topic Alias invalid) for every bad alias.
 """
 
-from mqttclient import PUBACK, PUBLISH, RawClient, connect, raw_connect, unique
+from mqttclient import PUBACK, RawClient, connect, raw_connect, unique
 
 
 def _publisher(broker):

@@ -32,9 +32,10 @@ TOPICS = ["sport", "sport/", "sport/golf", "sport/tennis", "sport/tennis/player1
 @both_protocols
 @pytest.mark.parametrize("flt", list(CASES))
 def test_wildcard_matching(broker, proto, flt):
-    """`#` matches the parent and any number of levels [MQTT-4.7.1-1]; `+` matches exactly
-    one level, including an empty one [MQTT-4.7.1-2]; the delivered Topic Name is the
-    published one [MQTT-3.3.2-3]. Filters are case/character exact [MQTT-4.7.3-4]."""
+    """`#` matches the parent and any number of levels (section 4.7.1.2, [MQTT-4.7.1-1]);
+    `+` matches exactly one level, including an empty one (section 4.7.1.3,
+    [MQTT-4.7.1-2]); the delivered Topic Name is the published one [MQTT-3.3.2-3];
+    matching is exact, no case folding [MQTT-4.7.3-4]."""
     prefix = unique("wc") + "/p"
     s = connect(broker, protocol=proto)
     s.subscribe(f"{prefix}/{flt}", 1)
@@ -68,8 +69,9 @@ def test_dollar_topics_not_matched_by_leading_wildcards(broker_factory, proto):
 
 
 @both_protocols
-def test_unsubscribed_wildcard_sees_normal_topics_only(broker, proto):
-    """`#` alone receives every normal topic (sanity check for the $-topic test)."""
+def test_bare_hash_sees_normal_topics(broker, proto):
+    """A bare `#` receives every topic not starting with `$` (section 4.7.1.2; the positive
+    counterpart of [MQTT-4.7.2-1])."""
     s = connect(broker, protocol=proto)
     s.subscribe("#", 1)
     p = connect(broker, protocol=proto)

@@ -25,7 +25,7 @@ pub enum DecodeError {
     #[error("invalid QoS 3")]
     InvalidQoS,
     /// A string is not well-formed UTF-8 or contains U+0000 [MQTT-1.5.4-1] [MQTT-1.5.4-2].
-    #[error("invalid UTF-8 string")]
+    #[error("invalid UTF-8 string or U+0000 character [MQTT-1.5.4-1] [MQTT-1.5.4-2]")]
     InvalidUtf8,
     /// The CONNECT protocol name is neither `MQTT` nor `MQIsdp` [MQTT-3.1.2-1].
     #[error("invalid protocol name")]
@@ -37,6 +37,10 @@ pub enum DecodeError {
     /// A structurally broken packet (truncated field, trailing bytes, bad length).
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
+    /// Topic Alias 0 in a PUBLISH [MQTT-3.3.2-8]: answered with DISCONNECT 0x94 (Topic
+    /// Alias invalid), the code the Paho suite and HiveMQ use, rather than a generic 0x82.
+    #[error("Topic Alias 0 is not permitted [MQTT-3.3.2-8]")]
+    TopicAliasInvalid,
     /// A well-formed packet that breaks a protocol rule (duplicate property, property
     /// not allowed here, packet id 0, empty SUBSCRIBE, wildcard in a topic name, ...).
     #[error("protocol error: {0}")]
@@ -50,6 +54,7 @@ impl DecodeError {
             DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocolVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             DecodeError::Protocol(_) => ReasonCode::PROTOCOL_ERROR,
+            DecodeError::TopicAliasInvalid => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::InvalidProtocolName => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             _ => ReasonCode::MALFORMED_PACKET,
         }

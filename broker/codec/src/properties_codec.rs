@@ -221,9 +221,14 @@ pub(crate) fn publish(r: &mut Reader) -> Result<PublishProperties> {
     read_props(r, |id, r| match id {
         PAYLOAD_FORMAT_INDICATOR => once(&mut p.payload_format_indicator, flag(r)?),
         MESSAGE_EXPIRY_INTERVAL => once(&mut p.message_expiry_interval, r.u32()?),
-        // Topic Alias 0 is a protocol error [MQTT-3.3.2-8]; the broker maps it to
-        // DISCONNECT 0x94 if it wants the more specific code.
-        TOPIC_ALIAS => once(&mut p.topic_alias, nonzero_u16(r, "Topic Alias 0")?),
+        // Topic Alias 0 is not permitted [MQTT-3.3.2-8]: its own error, answered 0x94.
+        TOPIC_ALIAS => once(
+            &mut p.topic_alias,
+            match r.u16()? {
+                0 => return Err(DecodeError::TopicAliasInvalid),
+                v => v,
+            },
+        ),
         RESPONSE_TOPIC => once(&mut p.response_topic, r.string()?),
         CORRELATION_DATA => once(&mut p.correlation_data, r.binary()?),
         USER_PROPERTY => push(&mut p.user_properties, user_property(r)?),

@@ -417,8 +417,10 @@ fn publish_empty_topic() {
 #[test]
 fn publish_v5_property_rules() {
     let with = |raw: &[u8]| frame(0x30, &cat(&[&s("t"), &props(raw)]));
-    // Topic Alias 0 [MQTT-3.3.2-8].
-    assert!(protocol(decode_err(&with(&[0x23, 0, 0]), V5)));
+    // Topic Alias 0 [MQTT-3.3.2-8]: its own error, DISCONNECT 0x94.
+    let e = decode_err(&with(&[0x23, 0, 0]), V5);
+    assert_eq!(e, DecodeError::TopicAliasInvalid);
+    assert_eq!(e.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
     // Duplicate Topic Alias.
     assert!(protocol(decode_err(&with(&[0x23, 0, 1, 0x23, 0, 2]), V5)));
     // Subscription Identifier 0.

@@ -164,6 +164,14 @@ where
     let max = broker.mqtt().max_packet_size as usize;
     let deadline = tokio::time::Instant::now() + broker.mqtt().connect_timeout;
     loop {
+        // Judge the packet type from the fixed header alone, before parsing a body
+        // whose format depends on a protocol version not negotiated yet.
+        if let Ok(Some(info)) = ferromq_codec::check(rbuf, max)
+            && info.packet_type != 1
+        {
+            tracing::warn!(addr = %peer, packet_type = info.packet_type, "closing connection: first packet is not CONNECT [MQTT-3.1.0-1]");
+            return None;
+        }
         match ferromq_codec::decode(rbuf, ProtocolVersion::V5, max) {
             Ok(Some(Packet::Connect(c))) => {
                 Stats::add(&broker.stats().packets_received, 1);
@@ -212,7 +220,15 @@ where
             _ = broker.shutdown_token().cancelled() => return None,
         };
         match read {
-            Ok(0) | Err(_) => return None,
+            Ok(0) if rbuf.is_empty() => return None,
+            Ok(0) => {
+                tracing::info!(addr = %peer, bytes = rbuf.len(), "closing connection: closed by peer mid-packet (truncated CONNECT)");
+                return None;
+            }
+            Err(e) => {
+                tracing::info!(addr = %peer, error = %e, "closing connection: read failed before CONNECT");
+                return None;
+            }
             Ok(n) => Stats::add(&broker.stats().bytes_received, n as u64),
         }
     }
@@ -277,7 +293,8 @@ impl Connection {
                 _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
                 _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
                 read = stream.read_buf(&mut rbuf) => match read {
-                    Ok(0) => return Close::Network("connection closed by peer".into()),
+                    Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
+                    Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
                     Ok(n) => {
                         Stats::add(&self.broker.stats().bytes_received, n as u64);
                         let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
