@@ -39,6 +39,8 @@ use handshake::Accepted;
 const READ_BUFFER: usize = 4 * 1024;
 /// A write buffer that grew beyond this is released when the connection goes idle.
 const WRITE_BUFFER_KEEP: usize = 64 * 1024;
+/// How long a connection we close with a DISCONNECT keeps draining the client's input.
+const LINGER: Duration = Duration::from_secs(1);
 /// Most packets encoded per wake-up before the batch is written.
 const MAX_BATCH: usize = 1024;
 
@@ -784,6 +786,21 @@ impl Connection {
             .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        if disconnect_reason.is_some() {
+            // Lingering close: after our FIN, read and discard what the client still
+            // sends (briefly) instead of closing at once. Closing a socket with unread
+            // input makes the kernel send RST, and a RST makes the client drop the
+            // DISCONNECT it has not read yet, so it would never learn the reason.
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
 
         let will = match &close {
             Close::ClientDisconnect { keep_will } => will.filter(|_| *keep_will),
