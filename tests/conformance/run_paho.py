@@ -150,6 +150,9 @@ class _ReportingResult(unittest.TestResult):
             self.current["detail"] = "".join(traceback.format_exception(*err))
         elif detail:
             self.current["detail"] = detail
+        if outcome == "fail":  # into the log only: the per-test output is shown next to `detail`
+            self.tee.log.write(self.current["detail"])
+            self.tee.log.flush()
 
     def addError(self, test, err):
         super().addError(test, err)
@@ -605,6 +608,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         return child_main(argv)
     args = parse_args(argv)
+    # On SIGTERM (e.g. from `timeout`), unwind so the `finally` blocks stop the
+    # broker and the suite process instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.bin:
         os.environ["FERROMQ_BIN"] = str(Path(args.bin).resolve())
     if args.runs < 1:
@@ -627,6 +633,18 @@ def main(argv: list[str]) -> int:
     if args.addr:
         print("WARNING: running against an external broker; its retained messages will be deleted")
 
+    completed = False
+    try:
+        failures = run_all(args, interop, suites, workdir)
+        completed = True
+    finally:
+        if not completed and not args.keep:  # interrupted: brokers are stopped, drop the logs
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failures else 0
+
+
+def run_all(args, interop: Path, suites, workdir: Path) -> list[str]:
+    """Runs every suite --runs times; prints the summary; returns the failures."""
     summaries: list[str] = []
     failures: list[str] = []
     pendings: list[str] = []
@@ -665,7 +683,7 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     for s in summaries:
         print(s)
-    return 1 if failures else 0
+    return failures
 
 
 def list_tests(interop: Path, module: str) -> list[str]:

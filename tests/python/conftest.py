@@ -125,7 +125,15 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
                 return None
         return None
 
-    info = wait_for(is_ready, timeout, what="ferromq ready file")
+    try:
+        info = wait_for(is_ready, timeout, what="ferromq ready file")
+    except BaseException:
+        # Never leave a half-started broker behind.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        logf.close()
+        raise
     mqtt = [l for l in info["listeners"] if l["protocol"] == "mqtt"]
     host, port = mqtt[0]["addr"].rsplit(":", 1)
     return Broker(proc, workdir, host, int(port), info["listeners"], log_path)
