@@ -31,6 +31,7 @@ use crate::retained::RetainedStore;
 use crate::router::{Router, Subscriber};
 use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord};
 use crate::stats::Stats;
+use crate::store::{Loaded, Store};
 
 /// How long a new connection waits for the connection it takes over to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +42,17 @@ pub struct PendingWill {
     pub message: Arc<Message>,
     /// Will Delay Interval in seconds (0 for 3.1.x).
     pub delay: u32,
+}
+
+/// What routing a message did, for the publisher's acknowledgement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOutcome {
+    /// Sessions the message was queued for.
+    pub matched: usize,
+    /// The store generation the acknowledgement must wait for (strict durability).
+    pub generation: Option<u64>,
+    /// A store write failed: the acknowledgement reports an error (v5 0x97).
+    pub store_failed: bool,
 }
 
 /// What [`Broker::open_session`] hands back to the connection.
@@ -54,6 +66,7 @@ pub struct OpenedSession {
 
 struct Shared {
     config: Arc<Config>,
+    store: Option<Arc<Store>>,
     sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore>,
@@ -86,10 +99,12 @@ pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>) -> Broker {
+    /// A broker on `config`, with `store` when persistence is enabled.
+    pub fn new(config: Arc<Config>, store: Option<Arc<Store>>) -> Broker {
         Broker {
             shared: Arc::new(Shared {
                 config,
+                store,
                 sessions: Mutex::new(HashMap::new()),
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(RetainedStore::default()),
@@ -101,6 +116,11 @@ impl Broker {
                 started: Instant::now(),
             }),
         }
+    }
+
+    /// The durable store, when persistence is enabled.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.shared.store.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -182,6 +202,7 @@ impl Broker {
                                 let will = inner.pending_will.take();
                                 drop(inner);
                                 registry.remove(&client_id);
+                                self.delete_stored(&existing);
                                 let fresh = self.new_session(&client_id, expiry_interval);
                                 registry.insert(client_id.clone(), fresh.session.clone());
                                 drop(registry);
@@ -195,6 +216,19 @@ impl Broker {
                             inner.expiry_interval = expiry_interval;
                             let link = Link::new(self.next_generation());
                             inner.link = Some(link.clone());
+                            if let Some(store) = existing.store() {
+                                let stored = if expiry_interval > 0 {
+                                    existing.save_record(&inner, None);
+                                    store.remove_will(&existing.client_id)
+                                } else {
+                                    // No longer persistent: it ends with this
+                                    // connection, so nothing of it stays on disk.
+                                    store.delete_session(&existing.client_id)
+                                };
+                                if let Err(e) = stored {
+                                    tracing::warn!(client_id = %client_id, error = %e, "store update failed");
+                                }
+                            }
                             drop(inner);
                             return OpenedSession {
                                 session: existing,
@@ -233,12 +267,18 @@ impl Broker {
 
     fn new_session(&self, client_id: &ByteString, expiry_interval: u32) -> OpenedSession {
         let id: SessionId = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(id, client_id.clone(), self.queue_limits());
+        let session = Session::new(
+            id,
+            client_id.clone(),
+            self.queue_limits(),
+            self.shared.store.clone(),
+        );
         let link = Link::new(self.next_generation());
         {
             let mut inner = session.lock();
             inner.expiry_interval = expiry_interval;
             inner.link = Some(link.clone());
+            session.save_record(&inner, None);
         }
         OpenedSession {
             session,
@@ -273,6 +313,7 @@ impl Broker {
                 }
                 drop(registry);
                 self.remove_subscriptions(session);
+                self.delete_stored(session);
                 // The session ends with the connection: the will goes now, whatever
                 // its delay [MQTT-3.1.3-9].
                 if let Some(will) = will {
@@ -290,6 +331,14 @@ impl Broker {
                 inner.offline_timer = Some(timer.clone());
                 let (now_will, later_will) = if will_now { (will, None) } else { (None, will) };
                 inner.pending_will = later_will.clone();
+                let now_ms = crate::store::codec::now_unix_ms();
+                session.save_record(&inner, Some(now_ms));
+                if let (Some(store), Some(w)) = (session.persist(&inner), &later_will) {
+                    let deadline = now_ms + u64::from(w.delay.min(expiry_interval)) * 1000;
+                    if let Err(e) = store.put_will(&session.client_id, deadline, &w.message) {
+                        tracing::warn!(client_id = %session.client_id, error = %e, "cannot store the pending will");
+                    }
+                }
                 drop(inner);
                 if let Some(will) = now_will {
                     self.publish(will.message);
@@ -325,6 +374,9 @@ impl Broker {
                         let will = session.lock().pending_will.take();
                         if let Some(will) = will {
                             broker.publish(will.message);
+                            if let Some(store) = session.store() {
+                                let _ = store.remove_will(&session.client_id);
+                            }
                         }
                     }
                     _ = cancel.cancelled() => return,
@@ -361,6 +413,16 @@ impl Broker {
         }
         tracing::debug!(client_id = %session.client_id, "session expired");
         self.remove_subscriptions(session);
+        self.delete_stored(session);
+    }
+
+    /// Removes every stored record of a session that ended.
+    fn delete_stored(&self, session: &Arc<Session>) {
+        if let Some(store) = session.store()
+            && let Err(e) = store.delete_session(&session.client_id)
+        {
+            tracing::warn!(client_id = %session.client_id, error = %e, "cannot delete the stored session");
+        }
     }
 
     fn remove_subscriptions(&self, session: &Arc<Session>) {
@@ -380,25 +442,42 @@ impl Broker {
         }
     }
 
-    /// Routes a message to every matching session and applies it to the retained store.
-    /// Returns the number of sessions it was queued for.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// Routes a message to every matching session and applies it to the retained
+    /// store; says which store generation an acknowledgement must wait for.
+    pub fn publish(&self, message: Arc<Message>) -> PublishOutcome {
+        let mut outcome = PublishOutcome::default();
         if message.retain {
+            if let Some(store) = &self.shared.store {
+                match store.put_retained(&message) {
+                    Ok(g) => outcome.generation = Some(g),
+                    Err(e) => {
+                        tracing::warn!(topic = %message.topic, error = %e, "cannot store a retained message");
+                        outcome.store_failed = true;
+                        return outcome;
+                    }
+                }
+            }
             self.shared.retained.write().apply(&message);
         }
         let mut deliveries = Vec::new();
         self.shared.router.read().route(&message, &mut deliveries);
-        let matched = deliveries.len();
-        if matched == 0 {
+        outcome.matched = deliveries.len();
+        if outcome.matched == 0 {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
         }
         for (session, delivery) in deliveries {
-            if let Err(DropReason::QueueFull) = session.deliver(delivery) {
-                Stats::add(&self.shared.stats.dropped_queue_full, 1);
-                tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+            match session.deliver(delivery) {
+                Ok(Some(g)) => outcome.generation = Some(g.max(outcome.generation.unwrap_or(0))),
+                Ok(None) => {}
+                Err(DropReason::QueueFull) => {
+                    Stats::add(&self.shared.stats.dropped_queue_full, 1);
+                    tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+                }
+                Err(DropReason::StoreFailed) => outcome.store_failed = true,
+                Err(_) => {}
             }
         }
-        matched
+        outcome
     }
 
     /// Adds or replaces a subscription of `session`. Returns whether it existed before
@@ -411,13 +490,17 @@ impl Broker {
         identifier: Option<u32>,
     ) -> bool {
         let (group, f) = split_shared(filter);
-        session.lock().subscriptions.insert(
-            filter.clone(),
-            SubscriptionRecord {
-                options,
-                identifier,
-            },
-        );
+        {
+            let mut inner = session.lock();
+            inner.subscriptions.insert(
+                filter.clone(),
+                SubscriptionRecord {
+                    options,
+                    identifier,
+                },
+            );
+            session.save_record(&inner, None);
+        }
         self.shared.router.write().subscribe(
             f,
             group,
@@ -431,7 +514,14 @@ impl Broker {
 
     /// Removes a subscription; false if the session had none for `filter`.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
-        let had = session.lock().subscriptions.remove(filter).is_some();
+        let had = {
+            let mut inner = session.lock();
+            let had = inner.subscriptions.remove(filter).is_some();
+            if had {
+                session.save_record(&inner, None);
+            }
+            had
+        };
         let (group, f) = split_shared(filter);
         let removed = self.shared.router.write().unsubscribe(f, group, session.id);
         had || removed
@@ -460,6 +550,121 @@ impl Broker {
     /// Drops expired retained messages (run periodically).
     pub fn sweep_retained(&self) -> usize {
         self.shared.retained.write().sweep_expired(Instant::now())
+    }
+
+    /// Rebuilds sessions, subscriptions, queues and retained messages loaded from the
+    /// store at start. Session expiry and will delay count from the time the client
+    /// went offline (wall clock), so the downtime counts; a session whose client was
+    /// connected when the broker stopped counts from now.
+    pub fn restore(&self, loaded: Loaded) {
+        let now_ms = crate::store::codec::now_unix_ms();
+        {
+            let mut retained = self.shared.retained.write();
+            for m in &loaded.retained {
+                retained.apply(m);
+            }
+        }
+        let (mut restored, mut expired) = (0usize, 0usize);
+        for ls in loaded.sessions {
+            let expiry = ls.record.expiry_interval;
+            let elapsed_s = ls
+                .record
+                .offline_since_unix_ms
+                .map(|t| now_ms.saturating_sub(t) / 1000)
+                .unwrap_or(0);
+            let client_id = ByteString::from(ls.client_id.as_str());
+            if expiry != u32::MAX && elapsed_s >= u64::from(expiry) {
+                // Expired while the broker was down; its will was due no later.
+                if let Some((_, will)) = ls.will {
+                    self.publish(will);
+                }
+                if let Some(store) = &self.shared.store {
+                    let _ = store.delete_session(&ls.client_id);
+                }
+                expired += 1;
+                continue;
+            }
+            let remaining_expiry = if expiry == u32::MAX {
+                u32::MAX
+            } else {
+                expiry - elapsed_s as u32
+            };
+            let id: SessionId = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+            let session = Session::new(
+                id,
+                client_id.clone(),
+                self.queue_limits(),
+                self.shared.store.clone(),
+            );
+            let timer = CancellationToken::new();
+            let mut will_delay = None;
+            {
+                let mut inner = session.lock();
+                inner.expiry_interval = expiry;
+                for (seq, delivery, state) in ls.outbound {
+                    match state {
+                        Some((stage, pid)) => {
+                            inner.delivery.restore_inflight(seq, delivery, stage, pid)
+                        }
+                        None => inner.delivery.restore_queued(seq, delivery),
+                    }
+                }
+                for pid in ls.inbound_qos2 {
+                    inner.delivery.restore_incoming_qos2(pid);
+                }
+                if let Some((deadline, message)) = ls.will {
+                    let delay = deadline.saturating_sub(now_ms).div_ceil(1000) as u32;
+                    inner.pending_will = Some(PendingWill { message, delay });
+                    will_delay = Some(delay);
+                }
+                inner.offline_timer = Some(timer.clone());
+            }
+            let mut router = self.shared.router.write();
+            for row in &ls.record.subscriptions {
+                let options = SubscriptionOptions {
+                    qos: QoS::from_u8(row.qos).unwrap_or(QoS::AtMostOnce),
+                    no_local: row.no_local,
+                    retain_as_published: row.retain_as_published,
+                    retain_handling: match row.retain_handling {
+                        1 => ferromq_codec::RetainHandling::SendIfNew,
+                        2 => ferromq_codec::RetainHandling::DoNotSend,
+                        _ => ferromq_codec::RetainHandling::SendAtSubscribe,
+                    },
+                };
+                let filter = ByteString::from(row.filter.as_str());
+                session.lock().subscriptions.insert(
+                    filter.clone(),
+                    SubscriptionRecord {
+                        options,
+                        identifier: row.identifier,
+                    },
+                );
+                let (group, f) = split_shared(&filter);
+                router.subscribe(
+                    f,
+                    group,
+                    Subscriber {
+                        session: session.clone(),
+                        options,
+                        identifier: row.identifier,
+                    },
+                );
+            }
+            drop(router);
+            self.shared
+                .sessions
+                .lock()
+                .insert(client_id, session.clone());
+            self.start_offline_timer(session, will_delay, remaining_expiry, timer);
+            restored += 1;
+        }
+        tracing::info!(
+            sessions = restored,
+            expired_sessions = expired,
+            retained = loaded.retained.len(),
+            expired_messages = loaded.expired_messages,
+            "state restored from the store"
+        );
     }
 
     /// Kicks every connection (shutdown): v5 clients get DISCONNECT with `reason`.

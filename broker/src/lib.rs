@@ -29,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod sys;
 
 pub use broker::Broker;

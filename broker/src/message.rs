@@ -62,6 +62,27 @@ impl Message {
         })
     }
 
+    /// A message loaded from the store, with its expiry already absolute.
+    pub fn restore(
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+        expires_at: Option<Instant>,
+    ) -> Arc<Message> {
+        Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            origin: None,
+            received_at: Instant::now(),
+            expires_at,
+        })
+    }
+
     /// True once the Message Expiry Interval has passed.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)

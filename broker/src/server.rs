@@ -26,6 +26,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
     #[error("cannot bind listener `{name}` on {addr}: {source}")]
     Bind {
         name: String,
@@ -60,7 +62,15 @@ fn protocol_name(p: &ListenerProtocol) -> &'static str {
 
 impl Server {
     /// Binds every configured listener; the first failure is returned, naming it.
+    /// Opens the store (when persistence is enabled) and restores its state first.
     pub async fn bind(config: Arc<Config>) -> Result<Server, ServerError> {
+        let store = if config.persistence.enabled {
+            let store = crate::store::Store::open(&config.persistence)?;
+            let loaded = store.load()?;
+            Some((Arc::new(store), loaded))
+        } else {
+            None
+        };
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let socket = TcpListener::bind(l.bind)
@@ -72,10 +82,19 @@ impl Server {
                 })?;
             listeners.push((l.clone(), socket));
         }
-        Ok(Server {
-            broker: Broker::new(config),
-            listeners,
-        })
+        let broker = match store {
+            Some((store, loaded)) => {
+                tracing::info!(path = %store.path().display(), durability = store.durability().as_str(), "store opened");
+                let broker = Broker::new(config, Some(store));
+                broker.restore(loaded);
+                broker
+            }
+            None => {
+                tracing::info!("persistence disabled: state is kept in memory only");
+                Broker::new(config, None)
+            }
+        };
+        Ok(Server { broker, listeners })
     }
 
     pub fn broker(&self) -> &Broker {
@@ -118,6 +137,11 @@ impl Server {
             tokio::spawn(accept_loop(cfg, listener, broker.clone()));
         }
         crate::sys::spawn(&broker);
+        let flusher_stop = tokio_util::sync::CancellationToken::new();
+        let flusher = broker
+            .store()
+            .cloned()
+            .map(|store| tokio::spawn(store.run_flusher(flusher_stop.clone())));
         shutdown.await;
         tracing::info!("shutting down");
         broker.shutdown_token().cancel();
@@ -127,6 +151,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown grace period over with connections still open");
+        }
+        // Last flush after every connection has written its final state.
+        flusher_stop.cancel();
+        if let Some(f) = flusher {
+            let _ = f.await;
         }
     }
 }

@@ -64,7 +64,7 @@ impl Client {
 fn broker() -> Broker {
     let mut config = ferromq_config::Config::default();
     config.sys.interval = Duration::ZERO;
-    Broker::new(Arc::new(config))
+    Broker::new(Arc::new(config), None)
 }
 
 fn connect(id: &str, keep_alive: u16, expiry: u32, will: Option<LastWill>) -> Connect {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use toml_edit::Value;
 
-use crate::model::{Config, LogFormat};
+use crate::model::{Config, Durability, LogFormat};
 
 /// A value as it arrived, before it is parsed into a field's type.
 #[derive(Clone, Copy)]
@@ -123,6 +123,7 @@ int_field!(u8, "an integer from 0 to 255");
 int_field!(u16, "an integer from 0 to 65535");
 int_field!(u32, "an integer from 0 to 4294967295");
 int_field!(usize, "a non-negative integer");
+int_field!(u64, "a non-negative integer");
 
 /// Only `max_payload_size` has this type: 0 means "no limit", as with Mosquitto's
 /// `message_size_limit`, because TOML and the environment cannot spell `None`.
@@ -162,6 +163,20 @@ impl FieldType for LogFormat {
     const EXPECTED: &'static str = "`text` or `json`";
     fn parse(raw: Raw<'_>) -> Option<Self> {
         raw.string().and_then(|s| s.trim().parse().ok())
+    }
+    fn render(&self) -> String {
+        toml_string(self.as_str())
+    }
+}
+
+impl FieldType for Durability {
+    const EXPECTED: &'static str = "`strict` or `periodic`";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        match raw.string()?.trim().to_ascii_lowercase().as_str() {
+            "strict" => Some(Durability::Strict),
+            "periodic" => Some(Durability::Periodic),
+            _ => None,
+        }
     }
     fn render(&self) -> String {
         toml_string(self.as_str())
@@ -364,6 +379,15 @@ pub(crate) static KEYS: &[KeySpec] = &[
         "Store state on disk. When false, everything is lost on restart."),
     key!("persistence", "path", persistence.path: PathBuf, Some("persistence_location"),
         "Data directory. A relative path is relative to the working directory."),
+    key!("persistence", "durability", persistence.durability: Durability, None,
+        "\"strict\": a QoS 1/2 message stored for a persistent session or as retained is\n\
+         acknowledged only once it is on disk (group commit; nothing acknowledged is\n\
+         lost on kill -9). \"periodic\": acknowledged at once, flushed every\n\
+         flush_interval (a crash loses at most that interval)."),
+    key!("persistence", "flush_interval", persistence.flush_interval: Duration, None,
+        "Flush interval of durability = \"periodic\"."),
+    key!("persistence", "cache_capacity", persistence.cache_capacity: u64, None,
+        "Bytes of the store's page cache (sled cache_capacity)."),
     key!("sys", "interval", sys.interval: Duration, Some("sys_interval"),
         "How often $SYS topics are published; 0 disables them."),
     key!("log", "level", log.level: String, None,

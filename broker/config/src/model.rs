@@ -189,6 +189,12 @@ pub struct PersistenceConfig {
     pub enabled: bool,
     /// Data directory. Default `./data`.
     pub path: PathBuf,
+    /// When acknowledged messages are on disk. Default [`Durability::Strict`].
+    pub durability: Durability,
+    /// Flush interval of [`Durability::Periodic`]. Default 100 ms.
+    pub flush_interval: Duration,
+    /// Bytes of the store's page cache (sled `cache_capacity`). Default 64 MiB.
+    pub cache_capacity: u64,
 }
 
 impl Default for PersistenceConfig {
@@ -196,6 +202,33 @@ impl Default for PersistenceConfig {
         Self {
             enabled: true,
             path: PathBuf::from("./data"),
+            durability: Durability::Strict,
+            flush_interval: Duration::from_millis(100),
+            cache_capacity: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The durability policy of acknowledged QoS 1/2 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A QoS 1/2 PUBLISH stored for a persistent session or as a retained message is
+    /// acknowledged (PUBACK/PUBREC) only after the store was flushed to disk; one
+    /// flush covers every message that arrived while the previous flush ran (group
+    /// commit). A `kill -9` loses nothing that was acknowledged.
+    #[default]
+    Strict,
+    /// Acknowledged at once; the store is flushed every `flush_interval`. A crash
+    /// loses at most the last interval of acknowledged messages.
+    Periodic,
+}
+
+impl Durability {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Strict => "strict",
+            Durability::Periodic => "periodic",
         }
     }
 }

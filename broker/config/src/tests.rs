@@ -164,6 +164,7 @@ fn full_config() -> Config {
         persistence: PersistenceConfig {
             enabled: false,
             path: "/var/lib/ferromq".into(),
+            ..PersistenceConfig::default()
         },
         sys: SysConfig {
             interval: Duration::ZERO,
@@ -583,7 +584,8 @@ fn env_overrides_every_section() {
         c.persistence,
         PersistenceConfig {
             enabled: false,
-            path: "/data".into()
+            path: "/data".into(),
+            ..PersistenceConfig::default()
         }
     );
     assert_eq!(

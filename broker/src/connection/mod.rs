@@ -29,11 +29,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::broker::{Broker, PendingWill};
 use crate::message::Message;
-use crate::session::state::{IncomingQos2, Outgoing};
+use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
 use crate::session::{Link, Session};
 use crate::stats::Stats;
+use crate::store::{Flushed, Store};
 use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use handshake::Accepted;
+use std::collections::VecDeque;
+use tokio::sync::watch;
 
 /// Initial read buffer; grows up to the maximum packet size for large packets.
 const READ_BUFFER: usize = 4 * 1024;
@@ -59,6 +62,9 @@ enum Close {
     Kicked(ReasonCode),
     /// The broker is shutting down: v5 gets DISCONNECT 0x8B.
     Shutdown,
+    /// A 3.1.x publish could not be stored (disk full, I/O): the connection is closed
+    /// without acknowledging so the client retries later.
+    Storage,
 }
 
 impl Close {
@@ -135,6 +141,13 @@ where
         inbound_aliases: InboundAliases::new(cfg.topic_alias_maximum),
         outbound_aliases: OutboundAliases::new(accepted.client_topic_alias_maximum),
         wbuf: BytesMut::new(),
+        store: if accepted.session_expiry > 0 {
+            broker.store().cloned()
+        } else {
+            None
+        },
+        flushed: broker.store().filter(|s| s.strict()).map(|s| s.flushed()),
+        gated: VecDeque::new(),
         accepted,
         cfg,
     };
@@ -251,6 +264,14 @@ struct Connection {
     inbound_aliases: InboundAliases,
     outbound_aliases: OutboundAliases,
     wbuf: BytesMut,
+    /// The store, while this session is persistent.
+    store: Option<Arc<Store>>,
+    /// Group-commit progress, in strict durability mode.
+    flushed: Option<watch::Receiver<Flushed>>,
+    /// Packets that may go out only once the store generation they carry is on disk
+    /// (PUBACK/PUBREC of stored messages, PUBREL), in order: once one waits, later
+    /// acknowledgements queue behind it [MQTT-4.6.0-2] [MQTT-4.6.0-3].
+    gated: VecDeque<(u64, Packet)>,
 }
 
 impl Connection {
@@ -274,6 +295,9 @@ impl Connection {
             return close;
         }
         loop {
+            if let Err(close) = self.release_gated() {
+                return close;
+            }
             self.drain_session();
             if !self.wbuf.is_empty() {
                 let written = tokio::select! {
@@ -314,6 +338,7 @@ impl Connection {
                     Err(e) => return Close::Network(e.to_string()),
                 },
                 _ = self.session.wait_for_work() => {}
+                _ = wait_flushed(&mut self.flushed), if !self.gated.is_empty() => {}
                 _ = tokio::time::sleep_until(deadline) => return Close::KeepAlive,
             }
         }
@@ -343,24 +368,38 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(ack) => {
-                if self.session.lock().delivery.on_puback(ack.packet_id) {
-                    Ok(())
-                } else {
-                    tracing::debug!(client_id = %self.session.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
-                    Ok(())
+                let seq = self.session.lock().delivery.on_puback(ack.packet_id);
+                match seq {
+                    Some(seq) => {
+                        self.store_write(|s, c| s.remove_outbound(c, seq));
+                    }
+                    None => {
+                        tracing::debug!(client_id = %self.session.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                    }
                 }
+                Ok(())
             }
             Packet::PubRec(rec) => {
-                let send_rel = self
+                let outcome = self
                     .session
                     .lock()
                     .delivery
                     .on_pubrec(rec.packet_id, rec.reason_code.is_success());
-                if send_rel {
-                    self.encode(&Packet::PubRel(PubResp {
-                        packet_id: rec.packet_id,
-                        ..Default::default()
-                    }));
+                let pubrel = Packet::PubRel(PubResp {
+                    packet_id: rec.packet_id,
+                    ..Default::default()
+                });
+                if let PubRecOutcome::Released(seq) = outcome {
+                    // PUBREL only once "released" is durable: a restart must resend
+                    // PUBREL, never the PUBLISH of a flow the client may have completed.
+                    let pid = rec.packet_id;
+                    let generation = self
+                        .store_write(|s, c| s.set_outbound_state(c, seq, Stage::AwaitPubComp, pid));
+                    self.send_after(generation, pubrel);
+                } else if let PubRecOutcome::Ended(seq) = outcome {
+                    self.store_write(|s, c| s.remove_outbound(c, seq));
+                } else if outcome == PubRecOutcome::AlreadyReleased {
+                    self.send_after(None, pubrel);
                 } else if rec.reason_code.is_success() {
                     // [MQTT-4.3.3-?] unknown id: answer so the client can clean up.
                     self.encode(&Packet::PubRel(PubResp {
@@ -372,22 +411,32 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(comp) => {
-                self.session.lock().delivery.on_pubcomp(comp.packet_id);
+                let seq = self.session.lock().delivery.on_pubcomp(comp.packet_id);
+                if let Some(seq) = seq {
+                    self.store_write(|s, c| s.remove_outbound(c, seq));
+                }
                 Ok(())
             }
             Packet::PubRel(rel) => {
                 let known = self.session.lock().delivery.on_pubrel(rel.packet_id);
+                if known {
+                    let pid = rel.packet_id;
+                    self.store_write(|s, c| s.remove_inbound(c, pid));
+                }
                 // Unknown id: v5 says so with 0x92 [MQTT-3.7.2-1]; 3.1.1 just completes.
                 let reason = if known || !self.v5() {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.encode(&Packet::PubComp(PubResp {
-                    packet_id: rel.packet_id,
-                    reason_code: reason,
-                    ..Default::default()
-                }));
+                self.send_after(
+                    None,
+                    Packet::PubComp(PubResp {
+                        packet_id: rel.packet_id,
+                        reason_code: reason,
+                        ..Default::default()
+                    }),
+                );
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -504,7 +553,17 @@ impl Connection {
                 }
             }
         };
-        let mut matched = 1;
+        let mut generation = None;
+        if p.qos == QoS::ExactlyOnce && route {
+            // The packet id is durable before PUBREC, so a PUBLISH resent after a
+            // restart is recognised and not delivered twice [MQTT-4.3.3-9].
+            let pid = p.packet_id;
+            generation = self.store_write(|s, c| s.put_inbound(c, pid));
+        }
+        let mut outcome = crate::broker::PublishOutcome {
+            matched: 1,
+            ..Default::default()
+        };
         if route {
             let message = Message::new(
                 topic,
@@ -514,35 +573,122 @@ impl Connection {
                 p.properties,
                 Some(self.session.id),
             );
-            matched = self.broker.publish(message);
+            outcome = self.broker.publish(message);
         } else if too_big {
             tracing::info!(client_id = %self.session.client_id, "PUBLISH payload above message_size_limit dropped");
         }
+        if outcome.store_failed && p.qos != QoS::AtMostOnce && !self.v5() {
+            // 3.1.x has no negative acknowledgement: close unacknowledged so the
+            // client retries once the disk has room.
+            tracing::warn!(client_id = %self.session.client_id, "closing connection: cannot store the message (disk full or I/O error)");
+            return Err(Close::Storage);
+        }
         let reason = if too_big {
             ReasonCode::PACKET_TOO_LARGE
-        } else if matched == 0 {
+        } else if outcome.store_failed {
+            tracing::warn!(client_id = %self.session.client_id, "publish refused with 0x97: cannot store the message (disk full or I/O error)");
+            ReasonCode::QUOTA_EXCEEDED
+        } else if outcome.matched == 0 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
         };
+        let generation = generation.max(outcome.generation);
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubResp {
-                packet_id: p.packet_id,
-                reason_code: reason,
-                ..Default::default()
-            })),
-            QoS::ExactlyOnce => {
-                if too_big {
-                    // An error PUBREC ends the flow: forget the id [MQTT-4.3.3-?].
-                    self.session.lock().delivery.on_pubrel(p.packet_id);
-                }
-                self.encode(&Packet::PubRec(PubResp {
+            QoS::AtLeastOnce => self.send_after(
+                generation,
+                Packet::PubAck(PubResp {
                     packet_id: p.packet_id,
                     reason_code: reason,
                     ..Default::default()
-                }))
+                }),
+            ),
+            QoS::ExactlyOnce => {
+                if !reason.is_success() {
+                    // An error PUBREC ends the flow: forget the id.
+                    self.session.lock().delivery.on_pubrel(p.packet_id);
+                    let pid = p.packet_id;
+                    self.store_write(|s, c| s.remove_inbound(c, pid));
+                }
+                self.send_after(
+                    generation,
+                    Packet::PubRec(PubResp {
+                        packet_id: p.packet_id,
+                        reason_code: reason,
+                        ..Default::default()
+                    }),
+                )
             }
+        }
+        Ok(())
+    }
+
+    /// Runs a store write for this session if it is persistent; returns the store
+    /// generation to wait for. A failed write is logged: the state it records is only
+    /// needed to avoid a redelivery after a crash.
+    fn store_write(
+        &self,
+        write: impl FnOnce(&Store, &str) -> Result<u64, crate::store::StoreError>,
+    ) -> Option<u64> {
+        let store = self.store.as_ref()?;
+        match write(store, &self.session.client_id) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(client_id = %self.session.client_id, error = %e, "store write failed");
+                None
+            }
+        }
+    }
+
+    /// Sends `packet` once the store generation `generation` is flushed (strict
+    /// durability), keeping acknowledgements in order.
+    fn send_after(&mut self, generation: Option<u64>, packet: Packet) {
+        let Some(flushed) = &self.flushed else {
+            self.encode(&packet);
+            return;
+        };
+        let done = flushed.borrow().done;
+        let wait = generation.filter(|g| *g > done);
+        if wait.is_none() && self.gated.is_empty() {
+            self.encode(&packet);
+            return;
+        }
+        if wait.is_some()
+            && let Some(store) = self.broker.store()
+        {
+            store.request_flush();
+        }
+        self.gated.push_back((wait.unwrap_or(0), packet));
+    }
+
+    /// Moves acknowledgements whose writes are on disk into the write buffer. One
+    /// whose flush failed becomes an error: v5 0x97, 3.1.x a closed connection.
+    fn release_gated(&mut self) -> Result<(), Close> {
+        let Some(flushed) = &self.flushed else {
+            return Ok(());
+        };
+        let state = *flushed.borrow();
+        while let Some((g, _)) = self.gated.front() {
+            let g = *g;
+            if g > state.done && g > state.failed {
+                break;
+            }
+            let Some((_, mut packet)) = self.gated.pop_front() else {
+                break;
+            };
+            if g > state.done {
+                if !self.v5() && !matches!(packet, Packet::PubRel(_)) {
+                    return Err(Close::Storage);
+                }
+                match &mut packet {
+                    Packet::PubAck(r) | Packet::PubRec(r) => {
+                        r.reason_code = ReasonCode::QUOTA_EXCEEDED
+                    }
+                    _ => {}
+                }
+            }
+            self.encode(&packet);
         }
         Ok(())
     }
@@ -668,6 +814,31 @@ impl Connection {
                 Stats::add(&self.broker.stats().dropped_expired, expired);
             }
         }
+        if let Some(store) = &self.store {
+            // Record which packet id each stored delivery went out with, so a restart
+            // resends it as a DUP with the same id.
+            for out in &batch {
+                if let Outgoing::Publish {
+                    seq,
+                    packet_id,
+                    dup: false,
+                    delivery,
+                } = out
+                    && *packet_id != 0
+                {
+                    let stage = if delivery.qos == QoS::AtLeastOnce {
+                        Stage::AwaitPubAck
+                    } else {
+                        Stage::AwaitPubRec
+                    };
+                    if let Err(e) =
+                        store.set_outbound_state(&self.session.client_id, *seq, stage, *packet_id)
+                    {
+                        tracing::warn!(client_id = %self.session.client_id, error = %e, "store write failed");
+                    }
+                }
+            }
+        }
         if batch.len() == MAX_BATCH {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
@@ -687,6 +858,7 @@ impl Connection {
                 packet_id,
                 dup,
                 delivery,
+                ..
             } => {
                 let msg = &delivery.message;
                 let mut publish = Publish {
@@ -712,7 +884,10 @@ impl Connection {
                     if len > max as usize {
                         Stats::add(&self.broker.stats().dropped_too_large, 1);
                         if packet_id != 0 {
-                            self.session.lock().delivery.forget(packet_id);
+                            let seq = self.session.lock().delivery.forget(packet_id);
+                            if let Some(seq) = seq {
+                                self.store_write(|s, c| s.remove_outbound(c, seq));
+                            }
                         }
                         return;
                     }
@@ -768,7 +943,7 @@ impl Connection {
             }
             Close::Kicked(reason) => Some(*reason),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
-            Close::ClientDisconnect { .. } | Close::Network(_) => None,
+            Close::ClientDisconnect { .. } | Close::Network(_) | Close::Storage => None,
         };
         if let Some(reason) = disconnect_reason
             && self.v5()
@@ -826,5 +1001,18 @@ fn describe(close: &Close) -> String {
         }
         Close::Kicked(reason) => format!("kicked {reason}"),
         Close::Shutdown => "server shutting down".into(),
+        Close::Storage => "cannot store a message (disk full or I/O error)".into(),
+    }
+}
+
+/// Resolves when the group commit made progress (or never, without a store).
+async fn wait_flushed(flushed: &mut Option<watch::Receiver<Flushed>>) {
+    match flushed {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }

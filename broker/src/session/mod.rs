@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::{Delivery, SessionId};
+use crate::store::{SessionRecord, Store, SubscriptionRow};
 pub use state::{DropReason, QueueLimits, SessionState};
 
 /// A subscription as the session remembers it (to re-create, list and remove it).
@@ -89,16 +90,24 @@ pub struct SessionInner {
 pub struct Session {
     pub id: SessionId,
     pub client_id: ByteString,
+    /// The durable store, written while the session is persistent (expiry > 0).
+    store: Option<Arc<Store>>,
     inner: Mutex<SessionInner>,
     /// Wakes the serving connection when deliveries were queued.
     notify: Notify,
 }
 
 impl Session {
-    pub fn new(id: SessionId, client_id: ByteString, limits: QueueLimits) -> Arc<Session> {
+    pub fn new(
+        id: SessionId,
+        client_id: ByteString,
+        limits: QueueLimits,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             id,
             client_id,
+            store,
             inner: Mutex::new(SessionInner {
                 delivery: SessionState::new(limits),
                 subscriptions: HashMap::new(),
@@ -119,18 +128,79 @@ impl Session {
 
     /// Queues a delivery and wakes the connection. Overflow policy: see
     /// [`state`] (newest dropped when full; QoS 0 dropped while offline).
-    pub fn deliver(&self, delivery: Delivery) -> Result<(), DropReason> {
+    ///
+    /// A QoS 1/2 delivery to a persistent session is written to the store under the
+    /// session lock (so store order is queue order); the returned generation is what
+    /// the publisher's acknowledgement waits for. A failed write takes the delivery
+    /// back and reports [`DropReason::StoreFailed`].
+    pub fn deliver(&self, delivery: Delivery) -> Result<Option<u64>, DropReason> {
         let mut inner = self.inner.lock();
         if inner.ended {
-            return Ok(());
+            return Ok(None);
         }
         let online = inner.link.is_some();
-        inner.delivery.enqueue(delivery, online)?;
+        let durable = delivery.qos != ferromq_codec::QoS::AtMostOnce;
+        let stored_copy = (durable && self.persist(&inner).is_some()).then(|| delivery.clone());
+        let seq = inner.delivery.enqueue(delivery, online)?;
+        let mut generation = None;
+        if let (Some(store), Some(d)) = (self.persist(&inner), stored_copy) {
+            match store.put_outbound(&self.client_id, seq, &d) {
+                Ok(g) => generation = Some(g),
+                Err(e) => {
+                    inner.delivery.unqueue_last(seq);
+                    tracing::warn!(client_id = %self.client_id, error = %e, "cannot store a queued message");
+                    return Err(DropReason::StoreFailed);
+                }
+            }
+        }
         drop(inner);
         if online {
             self.notify.notify_one();
         }
-        Ok(())
+        Ok(generation)
+    }
+
+    /// The store, when this session is persistent (Session Expiry Interval > 0).
+    pub fn persist<'a>(&'a self, inner: &SessionInner) -> Option<&'a Arc<Store>> {
+        self.store.as_ref().filter(|_| inner.expiry_interval > 0)
+    }
+
+    /// The store regardless of persistence (to delete what an earlier persistent
+    /// incarnation left).
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Writes the session record (expiry, subscriptions, offline time) if persistent.
+    pub fn save_record(
+        &self,
+        inner: &SessionInner,
+        offline_since_unix_ms: Option<u64>,
+    ) -> Option<u64> {
+        let store = self.persist(inner)?;
+        let record = SessionRecord {
+            expiry_interval: inner.expiry_interval,
+            offline_since_unix_ms,
+            subscriptions: inner
+                .subscriptions
+                .iter()
+                .map(|(filter, r)| SubscriptionRow {
+                    filter: filter.to_string(),
+                    qos: r.options.qos as u8,
+                    no_local: r.options.no_local,
+                    retain_as_published: r.options.retain_as_published,
+                    retain_handling: r.options.retain_handling as u8,
+                    identifier: r.identifier,
+                })
+                .collect(),
+        };
+        match store.put_session(&self.client_id, &record) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot store the session record");
+                None
+            }
+        }
     }
 
     /// Resolves when deliveries may be waiting (a stored permit makes this

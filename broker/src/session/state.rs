@@ -37,6 +37,8 @@ pub enum DropReason {
     OfflineQos0,
     /// The message expired before it could be sent [MQTT-3.3.2-5].
     Expired,
+    /// Storing it for a persistent session failed (disk full, I/O error).
+    StoreFailed,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -52,6 +54,8 @@ pub enum Stage {
 
 #[derive(Debug, Clone)]
 pub struct Inflight {
+    /// The delivery's sequence number (its key in the durable store).
+    pub seq: u64,
     pub packet_id: u16,
     pub delivery: Delivery,
     pub stage: Stage,
@@ -62,12 +66,27 @@ pub struct Inflight {
 pub enum Outgoing {
     /// A PUBLISH; `packet_id` is 0 for QoS 0.
     Publish {
+        /// Sequence number of the delivery in this session (store key).
+        seq: u64,
         packet_id: u16,
         dup: bool,
         delivery: Delivery,
     },
     /// A PUBREL being resent on resume [MQTT-4.4.0-1].
     PubRel { packet_id: u16 },
+}
+
+/// What a PUBREC did to the outbound QoS 2 flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// Moved to "PUBREL sent": send PUBREL (after the state is durable).
+    Released(u64),
+    /// An error PUBREC ended the flow.
+    Ended(u64),
+    /// Already released: send PUBREL again.
+    AlreadyReleased,
+    /// Unknown packet id.
+    Unknown,
 }
 
 /// Result of an incoming QoS 2 PUBLISH.
@@ -86,7 +105,10 @@ pub enum IncomingQos2 {
 #[derive(Debug)]
 pub struct SessionState {
     limits: QueueLimits,
-    queue: VecDeque<Delivery>,
+    /// Deliveries not yet sent, with their sequence numbers.
+    queue: VecDeque<(u64, Delivery)>,
+    /// Sequence number of the next delivery: orders the store's records.
+    next_seq: u64,
     queued_bytes: usize,
     /// Sent QoS 1/2 messages in sending order, so a resume resends them in that order
     /// [MQTT-4.6.0-1]. At most `window` entries: removal by packet id is a short scan.
@@ -104,6 +126,7 @@ impl SessionState {
         SessionState {
             limits,
             queue: VecDeque::new(),
+            next_seq: 1,
             queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 1,
@@ -114,7 +137,8 @@ impl SessionState {
     }
 
     /// Adds a delivery to the queue, applying the overflow policy in the module docs.
-    pub fn enqueue(&mut self, delivery: Delivery, online: bool) -> Result<(), DropReason> {
+    /// Returns its sequence number.
+    pub fn enqueue(&mut self, delivery: Delivery, online: bool) -> Result<u64, DropReason> {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(DropReason::OfflineQos0);
         }
@@ -126,8 +150,42 @@ impl SessionState {
             return Err(DropReason::QueueFull);
         }
         self.queued_bytes += weight;
-        self.queue.push_back(delivery);
-        Ok(())
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push_back((seq, delivery));
+        Ok(seq)
+    }
+
+    /// Takes back the delivery just queued (its store write failed).
+    pub fn unqueue_last(&mut self, seq: u64) {
+        if self.queue.back().is_some_and(|(s, _)| *s == seq)
+            && let Some((_, d)) = self.queue.pop_back()
+        {
+            self.queued_bytes -= d.message.weight();
+        }
+    }
+
+    /// Restores a queued delivery loaded from the store.
+    pub fn restore_queued(&mut self, seq: u64, delivery: Delivery) {
+        self.queued_bytes += delivery.message.weight();
+        self.queue.push_back((seq, delivery));
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Restores an in-flight delivery loaded from the store.
+    pub fn restore_inflight(&mut self, seq: u64, delivery: Delivery, stage: Stage, packet_id: u16) {
+        self.inflight.push_back(Inflight {
+            seq,
+            packet_id,
+            delivery,
+            stage,
+        });
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Restores an inbound QoS 2 packet id awaiting PUBREL.
+    pub fn restore_incoming_qos2(&mut self, packet_id: u16) {
+        self.incoming_qos2.insert(packet_id);
     }
 
     /// Number of deliveries waiting to be sent.
@@ -145,7 +203,7 @@ impl SessionState {
     pub fn on_offline(&mut self) {
         if !self.limits.queue_qos0 {
             let mut bytes = self.queued_bytes;
-            self.queue.retain(|d| {
+            self.queue.retain(|(_, d)| {
                 let keep = d.qos != QoS::AtMostOnce;
                 if !keep {
                     bytes -= d.message.weight();
@@ -160,9 +218,9 @@ impl SessionState {
     /// are discarded on the way [MQTT-3.3.2-5].
     pub fn next_outgoing(&mut self, window: usize, now: Instant) -> Option<Outgoing> {
         loop {
-            let front = self.queue.front()?;
+            let (_, front) = self.queue.front()?;
             if front.message.is_expired(now) {
-                let d = self.queue.pop_front()?;
+                let (_, d) = self.queue.pop_front()?;
                 self.queued_bytes -= d.message.weight();
                 self.dropped_expired += 1;
                 continue;
@@ -170,10 +228,11 @@ impl SessionState {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 return None;
             }
-            let delivery = self.queue.pop_front()?;
+            let (seq, delivery) = self.queue.pop_front()?;
             self.queued_bytes -= delivery.message.weight();
             if delivery.qos == QoS::AtMostOnce {
                 return Some(Outgoing::Publish {
+                    seq,
                     packet_id: 0,
                     dup: false,
                     delivery,
@@ -186,11 +245,13 @@ impl SessionState {
                 Stage::AwaitPubRec
             };
             self.inflight.push_back(Inflight {
+                seq,
                 packet_id,
                 delivery: delivery.clone(),
                 stage,
             });
             return Some(Outgoing::Publish {
+                seq,
                 packet_id,
                 dup: false,
                 delivery,
@@ -216,48 +277,47 @@ impl SessionState {
             .position(|f| f.packet_id == packet_id && f.stage == stage)
     }
 
-    /// PUBACK received: the QoS 1 flow is complete. False if the id is unknown.
-    pub fn on_puback(&mut self, packet_id: u16) -> bool {
-        match self.position(packet_id, Stage::AwaitPubAck) {
-            Some(i) => {
-                self.inflight.remove(i);
-                true
-            }
-            None => false,
-        }
+    /// PUBACK received: the QoS 1 flow is complete. Returns the delivery's sequence
+    /// number, `None` if the id is unknown.
+    pub fn on_puback(&mut self, packet_id: u16) -> Option<u64> {
+        let i = self.position(packet_id, Stage::AwaitPubAck)?;
+        self.inflight.remove(i).map(|f| f.seq)
     }
 
     /// PUBREC received: answer PUBREL and wait for PUBCOMP [MQTT-4.3.3-4]. A PUBREC
-    /// with an error reason ends the flow [MQTT-4.3.3-4, v5]. Returns whether a PUBREL
-    /// must be sent.
-    pub fn on_pubrec(&mut self, packet_id: u16, success: bool) -> bool {
+    /// with an error reason ends the flow (v5). Returns what changed.
+    pub fn on_pubrec(&mut self, packet_id: u16, success: bool) -> PubRecOutcome {
         if let Some(i) = self.position(packet_id, Stage::AwaitPubRec) {
+            let seq = self.inflight[i].seq;
             if success {
                 self.inflight[i].stage = Stage::AwaitPubComp;
-                return true;
+                return PubRecOutcome::Released(seq);
             }
             self.inflight.remove(i);
-            return false;
+            return PubRecOutcome::Ended(seq);
         }
         // A retransmitted PUBREC for a flow already in PUBREL: answer PUBREL again.
-        self.position(packet_id, Stage::AwaitPubComp).is_some()
+        if self.position(packet_id, Stage::AwaitPubComp).is_some() {
+            PubRecOutcome::AlreadyReleased
+        } else {
+            PubRecOutcome::Unknown
+        }
     }
 
-    /// PUBCOMP received: the QoS 2 flow is complete.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
-        match self.position(packet_id, Stage::AwaitPubComp) {
-            Some(i) => {
-                self.inflight.remove(i);
-                true
-            }
-            None => false,
-        }
+    /// PUBCOMP received: the QoS 2 flow is complete. Returns the sequence number.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<u64> {
+        let i = self.position(packet_id, Stage::AwaitPubComp)?;
+        self.inflight.remove(i).map(|f| f.seq)
     }
 
     /// Forgets an in-flight message that will never be sent (it exceeds the client's
     /// Maximum Packet Size [MQTT-3.1.2-25]).
-    pub fn forget(&mut self, packet_id: u16) {
-        self.inflight.retain(|f| f.packet_id != packet_id);
+    pub fn forget(&mut self, packet_id: u16) -> Option<u64> {
+        let i = self
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id)?;
+        self.inflight.remove(i).map(|f| f.seq)
     }
 
     /// Inbound QoS 2 PUBLISH with `packet_id`.
@@ -296,6 +356,7 @@ impl SessionState {
                     packet_id: f.packet_id,
                 },
                 _ => Outgoing::Publish {
+                    seq: f.seq,
                     packet_id: f.packet_id,
                     dup: true,
                     delivery: f.delivery.clone(),
@@ -355,6 +416,7 @@ mod tests {
                 packet_id,
                 dup,
                 delivery,
+                ..
             } => (*packet_id, *dup, delivery.message.payload.clone()),
             Outgoing::PubRel { packet_id } => (*packet_id, false, Bytes::new()),
         }
@@ -371,7 +433,7 @@ mod tests {
         let a = s.next_outgoing(2, now).unwrap();
         let b = s.next_outgoing(2, now).unwrap();
         assert!(s.next_outgoing(2, now).is_none());
-        assert!(s.on_puback(payload(&a).0));
+        assert!(s.on_puback(payload(&a).0).is_some());
         let c = s.next_outgoing(2, now).unwrap();
         assert_eq!(payload(&c).2, Bytes::from_static(b"c"));
         assert_ne!(
@@ -435,7 +497,10 @@ mod tests {
         let now = Instant::now();
         let first = s.next_outgoing(10, now).unwrap();
         let second = s.next_outgoing(10, now).unwrap();
-        assert!(s.on_pubrec(payload(&first).0, true));
+        assert!(matches!(
+            s.on_pubrec(payload(&first).0, true),
+            PubRecOutcome::Released(_)
+        ));
         let resent = s.resume(now);
         assert_eq!(resent.len(), 2);
         assert!(
@@ -446,8 +511,8 @@ mod tests {
             (id, dup, body),
             (payload(&second).0, true, Bytes::from_static(b"q1"))
         );
-        assert!(s.on_pubcomp(payload(&first).0));
-        assert!(s.on_puback(payload(&second).0));
+        assert!(s.on_pubcomp(payload(&first).0).is_some());
+        assert!(s.on_puback(payload(&second).0).is_some());
         assert_eq!(s.inflight(), 0);
     }
 

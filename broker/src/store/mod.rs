@@ -1,0 +1,578 @@
+//! The durable store: sessions, their queues and in-flight state, and retained
+//! messages, in one sled database per node.
+//!
+//! # Guarantee
+//! With `durability = "strict"` (the default) a QoS 1/2 message is acknowledged to its
+//! publisher (PUBACK / PUBREC) only after every record it produced (a queue entry of
+//! each persistent subscriber, the retained record, the inbound QoS 2 packet id) is
+//! flushed to disk. Flushes are group-committed: one `flush_async` covers every write
+//! made before it started, so throughput does not collapse to one fsync per message.
+//! A `kill -9` therefore loses nothing that was acknowledged. State changes that only
+//! cost a redelivery if lost (a message sent, an ack received) are not waited for;
+//! the PUBREL of an outbound QoS 2 flow is, so a restart never sends a completed
+//! message again. `periodic` acknowledges at once and flushes every `flush_interval`.
+//!
+//! # Layout on disk
+//! `DIR/FORMAT` holds `ferromq-store 1`; `DIR/store/` is the sled database with trees:
+//! - `sessions`: client id -> JSON [`SessionRecord`] (expiry, subscriptions, when it
+//!   went offline);
+//! - `outbound`: `client 0x00 seq` -> envelope of a queued or in-flight delivery;
+//! - `outstate`: `client 0x00 seq` -> `[stage][packet id]` once it was sent;
+//! - `inbound`: `client 0x00 packet id` -> `[]`, QoS 2 ids awaiting PUBREL;
+//! - `wills`: client id -> `[deadline ms][envelope]`, a delayed will pending;
+//! - `retained`: topic -> envelope.
+//!
+//! # Layout
+//! - [`codec`]: envelopes and keys.
+//! - this file: opening (format check), writes, group commit, loading.
+
+pub mod codec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ferromq_config::{Durability, PersistenceConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::message::{Delivery, Message};
+use crate::session::state::Stage;
+
+/// The format this version reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "ferromq-store ";
+
+/// Why the store cannot be opened. Each names the path and the problem; the broker
+/// exits with code 74 and writes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} was written by a newer ferromq (store format {found}, this version reads {FORMAT_VERSION}); refusing to start so nothing is overwritten"
+    )]
+    NewerVersion { path: PathBuf, found: u32 },
+    #[error("{path} is corrupt: {problem}; refusing to start so nothing is overwritten")]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A failed write (disk full, I/O error): the affected publish is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store write failed: {0}")]
+pub struct StoreError(pub String);
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscriptionRow {
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub identifier: Option<u32>,
+}
+
+/// A persistent session as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionRecord {
+    pub expiry_interval: u32,
+    /// When the client went offline (Unix ms); `None` while connected.
+    pub offline_since_unix_ms: Option<u64>,
+    pub subscriptions: Vec<SubscriptionRow>,
+}
+
+/// Progress of the group commit, published to waiting connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Every write with a generation up to this is on disk.
+    pub done: u64,
+    /// Writes up to this generation may be lost: a flush failed (disk full, I/O).
+    pub failed: u64,
+}
+
+/// A stored delivery: its sequence number, the delivery, and where its flow stands
+/// if it was sent (stage and packet id).
+pub type StoredDelivery = (u64, Delivery, Option<(Stage, u16)>);
+
+/// A session loaded at start.
+#[derive(Debug)]
+pub struct LoadedSession {
+    pub client_id: String,
+    pub record: SessionRecord,
+    /// Queue and in-flight entries in sequence order.
+    pub outbound: Vec<StoredDelivery>,
+    pub inbound_qos2: Vec<u16>,
+    /// A pending delayed will: its deadline (Unix ms) and message.
+    pub will: Option<(u64, Arc<Message>)>,
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sessions: Vec<LoadedSession>,
+    pub retained: Vec<Arc<Message>>,
+    /// Messages and sessions found expired across the downtime and removed.
+    pub expired_messages: usize,
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    sessions: sled::Tree,
+    outbound: sled::Tree,
+    outstate: sled::Tree,
+    inbound: sled::Tree,
+    wills: sled::Tree,
+    retained: sled::Tree,
+    durability: Durability,
+    written: AtomicU64,
+    flush_requested: Notify,
+    flushed_tx: watch::Sender<Flushed>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(path: &Path, problem: impl Into<String>) -> OpenError {
+    OpenError::Corrupt {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `cfg.path`, checking the format version first.
+    pub fn open(cfg: &PersistenceConfig) -> Result<Store, OpenError> {
+        let dir = cfg.path.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let format_path = dir.join(FORMAT_FILE);
+        let db_path = dir.join("store");
+        let fresh = match std::fs::read(&format_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let version = text
+                    .trim()
+                    .strip_prefix(FORMAT_PREFIX)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        corrupt(
+                            &format_path,
+                            format!("unreadable format marker {:?}", text.trim()),
+                        )
+                    })?;
+                if version > FORMAT_VERSION {
+                    return Err(OpenError::NewerVersion {
+                        path: format_path,
+                        found: version,
+                    });
+                }
+                if !db_path.exists() {
+                    return Err(corrupt(&db_path, "the database directory is missing"));
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if db_path.exists() {
+                    return Err(corrupt(
+                        &format_path,
+                        "missing format marker next to an existing database",
+                    ));
+                }
+                true
+            }
+            Err(source) => {
+                return Err(OpenError::Read {
+                    path: format_path,
+                    source,
+                });
+            }
+        };
+        let flush_every = match cfg.durability {
+            Durability::Strict => Some(1000),
+            Durability::Periodic => Some(cfg.flush_interval.as_millis().max(1) as u64),
+        };
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(cfg.cache_capacity)
+            .flush_every_ms(flush_every)
+            .open()
+            .map_err(|e| corrupt(&db_path, e.to_string()))?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| corrupt(&db_path, e.to_string()))
+        };
+        let store = Store {
+            sessions: tree("sessions")?,
+            outbound: tree("outbound")?,
+            outstate: tree("outstate")?,
+            inbound: tree("inbound")?,
+            wills: tree("wills")?,
+            retained: tree("retained")?,
+            path: dir,
+            db,
+            durability: cfg.durability,
+            written: AtomicU64::new(0),
+            flush_requested: Notify::new(),
+            flushed_tx: watch::Sender::new(Flushed::default()),
+        };
+        if fresh {
+            store
+                .db
+                .flush()
+                .map_err(|e| corrupt(&db_path, e.to_string()))?;
+            let tmp = format_path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{FORMAT_PREFIX}{FORMAT_VERSION}\n"))
+                .and_then(|_| std::fs::rename(&tmp, &format_path))
+                .map_err(|source| OpenError::Write {
+                    path: format_path,
+                    source,
+                })?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn wrote(&self) -> u64 {
+        self.written.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The generation of the latest write: a caller that wrote waits for
+    /// `Flushed::done >= generation()` before acknowledging (strict mode).
+    pub fn generation(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Whether acknowledgements wait for flushes.
+    pub fn strict(&self) -> bool {
+        self.durability == Durability::Strict
+    }
+
+    /// Asks the flusher for a flush covering every write made so far.
+    pub fn request_flush(&self) {
+        self.flush_requested.notify_one();
+    }
+
+    /// Watches the group commit's progress.
+    pub fn flushed(&self) -> watch::Receiver<Flushed> {
+        self.flushed_tx.subscribe()
+    }
+
+    /// The group-commit loop: each round flushes everything written before it began,
+    /// then tells the waiters. Runs until `stop` is cancelled, then flushes once more.
+    pub async fn run_flusher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.flush_requested.notified() => {}
+                _ = stop.cancelled() => {
+                    let _ = self.db.flush_async().await;
+                    return;
+                }
+            }
+            let target = self.generation();
+            if target <= self.flushed_tx.borrow().done {
+                continue;
+            }
+            let start = Instant::now();
+            match self.db.flush_async().await {
+                Ok(_) => {
+                    crate::store::observe_flush(start.elapsed());
+                    self.flushed_tx.send_modify(|f| f.done = f.done.max(target));
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "store flush failed: acknowledgements of affected messages are refused");
+                    self.flushed_tx
+                        .send_modify(|f| f.failed = f.failed.max(target));
+                }
+            }
+        }
+    }
+
+    // ---- writes -------------------------------------------------------------
+
+    pub fn put_session(&self, client_id: &str, record: &SessionRecord) -> Result<u64, StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?;
+        self.sessions.insert(client_id.as_bytes(), bytes)?;
+        Ok(self.wrote())
+    }
+
+    /// Removes every record of a session.
+    pub fn delete_session(&self, client_id: &str) -> Result<u64, StoreError> {
+        self.sessions.remove(client_id.as_bytes())?;
+        self.wills.remove(client_id.as_bytes())?;
+        let prefix = codec::session_prefix(client_id);
+        for tree in [&self.outbound, &self.outstate, &self.inbound] {
+            let keys: Vec<sled::IVec> =
+                tree.scan_prefix(&prefix).keys().collect::<Result<_, _>>()?;
+            for k in keys {
+                tree.remove(k)?;
+            }
+        }
+        Ok(self.wrote())
+    }
+
+    pub fn put_outbound(
+        &self,
+        client_id: &str,
+        seq: u64,
+        delivery: &Delivery,
+    ) -> Result<u64, StoreError> {
+        self.outbound.insert(
+            codec::session_key(client_id, &seq.to_be_bytes()),
+            codec::encode_delivery(delivery),
+        )?;
+        Ok(self.wrote())
+    }
+
+    pub fn set_outbound_state(
+        &self,
+        client_id: &str,
+        seq: u64,
+        stage: Stage,
+        packet_id: u16,
+    ) -> Result<u64, StoreError> {
+        let [a, b] = packet_id.to_be_bytes();
+        let stage_byte = match stage {
+            Stage::AwaitPubAck => 1u8,
+            Stage::AwaitPubRec => 2,
+            Stage::AwaitPubComp => 3,
+        };
+        self.outstate.insert(
+            codec::session_key(client_id, &seq.to_be_bytes()),
+            vec![stage_byte, a, b],
+        )?;
+        Ok(self.wrote())
+    }
+
+    pub fn remove_outbound(&self, client_id: &str, seq: u64) -> Result<u64, StoreError> {
+        let key = codec::session_key(client_id, &seq.to_be_bytes());
+        self.outbound.remove(&key)?;
+        self.outstate.remove(&key)?;
+        Ok(self.wrote())
+    }
+
+    pub fn put_inbound(&self, client_id: &str, packet_id: u16) -> Result<u64, StoreError> {
+        self.inbound.insert(
+            codec::session_key(client_id, &packet_id.to_be_bytes()),
+            Vec::<u8>::new(),
+        )?;
+        Ok(self.wrote())
+    }
+
+    pub fn remove_inbound(&self, client_id: &str, packet_id: u16) -> Result<u64, StoreError> {
+        self.inbound
+            .remove(codec::session_key(client_id, &packet_id.to_be_bytes()))?;
+        Ok(self.wrote())
+    }
+
+    pub fn put_will(
+        &self,
+        client_id: &str,
+        deadline_unix_ms: u64,
+        message: &Message,
+    ) -> Result<u64, StoreError> {
+        let mut v = deadline_unix_ms.to_be_bytes().to_vec();
+        v.extend_from_slice(&codec::encode_message(message));
+        self.wills.insert(client_id.as_bytes(), v)?;
+        Ok(self.wrote())
+    }
+
+    pub fn remove_will(&self, client_id: &str) -> Result<u64, StoreError> {
+        self.wills.remove(client_id.as_bytes())?;
+        Ok(self.wrote())
+    }
+
+    /// Stores a retained message, or clears the topic for an empty payload.
+    pub fn put_retained(&self, message: &Message) -> Result<u64, StoreError> {
+        if message.payload.is_empty() {
+            self.retained.remove(message.topic.as_bytes())?;
+        } else {
+            self.retained
+                .insert(message.topic.as_bytes(), codec::encode_message(message))?;
+        }
+        Ok(self.wrote())
+    }
+
+    pub fn remove_retained(&self, topic: &str) -> Result<u64, StoreError> {
+        self.retained.remove(topic.as_bytes())?;
+        Ok(self.wrote())
+    }
+
+    // ---- loading ------------------------------------------------------------
+
+    /// Reads everything back, dropping what expired while the broker was down. A
+    /// record this version cannot decode is reported as corruption (the broker stops
+    /// before writing anything).
+    pub fn load(&self) -> Result<Loaded, OpenError> {
+        let now_ms = codec::now_unix_ms();
+        let bad = |tree: &str, e: String| {
+            corrupt(&self.path.join("store"), format!("tree `{tree}`: {e}"))
+        };
+        let mut loaded = Loaded::default();
+        let mut expired_keys: Vec<(&sled::Tree, sled::IVec)> = Vec::new();
+
+        for item in self.retained.iter() {
+            let (k, v) = item.map_err(|e| bad("retained", e.to_string()))?;
+            let stored = codec::decode(&v).ok_or_else(|| {
+                bad(
+                    "retained",
+                    format!("undecodable record {:?}", String::from_utf8_lossy(&k)),
+                )
+            })?;
+            if stored.expired(now_ms) {
+                loaded.expired_messages += 1;
+                expired_keys.push((&self.retained, k));
+            } else {
+                loaded.retained.push(stored.into_message());
+            }
+        }
+
+        let mut by_client: HashMap<String, LoadedSession> = HashMap::new();
+        for item in self.sessions.iter() {
+            let (k, v) = item.map_err(|e| bad("sessions", e.to_string()))?;
+            let client_id =
+                String::from_utf8(k.to_vec()).map_err(|e| bad("sessions", e.to_string()))?;
+            let record: SessionRecord = serde_json::from_slice(&v)
+                .map_err(|e| bad("sessions", format!("{client_id}: {e}")))?;
+            by_client.insert(
+                client_id.clone(),
+                LoadedSession {
+                    client_id,
+                    record,
+                    outbound: Vec::new(),
+                    inbound_qos2: Vec::new(),
+                    will: None,
+                },
+            );
+        }
+
+        let mut states: HashMap<Vec<u8>, (Stage, u16)> = HashMap::new();
+        for item in self.outstate.iter() {
+            let (k, v) = item.map_err(|e| bad("outstate", e.to_string()))?;
+            if v.len() != 3 {
+                return Err(bad("outstate", "record of the wrong length".into()));
+            }
+            let stage = match v[0] {
+                1 => Stage::AwaitPubAck,
+                2 => Stage::AwaitPubRec,
+                3 => Stage::AwaitPubComp,
+                other => return Err(bad("outstate", format!("unknown stage {other}"))),
+            };
+            states.insert(k.to_vec(), (stage, u16::from_be_bytes([v[1], v[2]])));
+        }
+
+        for item in self.outbound.iter() {
+            let (k, v) = item.map_err(|e| bad("outbound", e.to_string()))?;
+            let (client_id, suffix) =
+                codec::split_key(&k).ok_or_else(|| bad("outbound", "bad key".into()))?;
+            let seq = u64::from_be_bytes(
+                suffix
+                    .try_into()
+                    .map_err(|_| bad("outbound", "bad sequence".into()))?,
+            );
+            let stored = codec::decode(&v)
+                .ok_or_else(|| bad("outbound", format!("undecodable record of {client_id}")))?;
+            let state = states.get(&k.to_vec()).copied();
+            let Some(session) = by_client.get_mut(client_id) else {
+                expired_keys.push((&self.outbound, k.clone()));
+                continue;
+            };
+            // Expired while down: dropped, unless already past PUBREC (its flow must
+            // complete) [MQTT-3.3.2-5].
+            if stored.expired(now_ms) && !matches!(state, Some((Stage::AwaitPubComp, _))) {
+                loaded.expired_messages += 1;
+                expired_keys.push((&self.outbound, k.clone()));
+                continue;
+            }
+            session.outbound.push((seq, stored.into_delivery(), state));
+        }
+
+        for item in self.inbound.iter() {
+            let (k, _) = item.map_err(|e| bad("inbound", e.to_string()))?;
+            let (client_id, suffix) =
+                codec::split_key(&k).ok_or_else(|| bad("inbound", "bad key".into()))?;
+            let pid = u16::from_be_bytes(
+                suffix
+                    .try_into()
+                    .map_err(|_| bad("inbound", "bad packet id".into()))?,
+            );
+            if let Some(session) = by_client.get_mut(client_id) {
+                session.inbound_qos2.push(pid);
+            }
+        }
+
+        for item in self.wills.iter() {
+            let (k, v) = item.map_err(|e| bad("wills", e.to_string()))?;
+            let client_id =
+                String::from_utf8(k.to_vec()).map_err(|e| bad("wills", e.to_string()))?;
+            if v.len() < 8 {
+                return Err(bad("wills", "record too short".into()));
+            }
+            let deadline = u64::from_be_bytes(
+                v[..8]
+                    .try_into()
+                    .map_err(|_| bad("wills", "bad deadline".into()))?,
+            );
+            let stored = codec::decode(&v[8..])
+                .ok_or_else(|| bad("wills", format!("undecodable will of {client_id}")))?;
+            if let Some(session) = by_client.get_mut(&client_id) {
+                session.will = Some((deadline, stored.into_message()));
+            }
+        }
+
+        for (tree, key) in expired_keys {
+            let _ = tree.remove(key);
+        }
+        let mut sessions: Vec<LoadedSession> = by_client.into_values().collect();
+        for s in &mut sessions {
+            s.outbound.sort_by_key(|(seq, _, _)| *seq);
+        }
+        loaded.sessions = sessions;
+        Ok(loaded)
+    }
+}
+
+/// Hook for the metrics endpoint: flush latency. A no-op until metrics are wired.
+pub fn observe_flush(_elapsed: std::time::Duration) {}
