@@ -156,7 +156,7 @@ where
     // queued while it was offline [MQTT-4.4.0-1].
     let resend = conn.session.lock().delivery.resume(Instant::now());
     for out in resend {
-        conn.encode_outgoing(out);
+        conn.encode_outgoing(out, None);
     }
 
     let close = conn.run(&mut stream, rbuf).await;
@@ -419,9 +419,13 @@ impl Connection {
             }
             Packet::PubRel(rel) => {
                 let known = self.session.lock().delivery.on_pubrel(rel.packet_id);
+                // PUBCOMP only once the id's release is durable: after a restart the
+                // client may reuse the id for a new message, which must not be taken
+                // for a duplicate of the old one.
+                let mut released = None;
                 if known {
                     let pid = rel.packet_id;
-                    self.store_write(|s, c| s.remove_inbound(c, pid));
+                    released = self.store_write(|s, c| s.remove_inbound(c, pid));
                 }
                 // Unknown id: v5 says so with 0x92 [MQTT-3.7.2-1]; 3.1.1 just completes.
                 let reason = if known || !self.v5() {
@@ -430,7 +434,7 @@ impl Connection {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
                 self.send_after(
-                    None,
+                    released,
                     Packet::PubComp(PubResp {
                         packet_id: rel.packet_id,
                         reason_code: reason,
@@ -814,10 +818,11 @@ impl Connection {
                 Stats::add(&self.broker.stats().dropped_expired, expired);
             }
         }
+        let mut generations = vec![None; batch.len()];
         if let Some(store) = &self.store {
             // Record which packet id each stored delivery went out with, so a restart
             // resends it as a DUP with the same id.
-            for out in &batch {
+            for (out, generation) in batch.iter().zip(generations.iter_mut()) {
                 if let Outgoing::Publish {
                     seq,
                     packet_id,
@@ -831,10 +836,16 @@ impl Connection {
                     } else {
                         Stage::AwaitPubRec
                     };
-                    if let Err(e) =
-                        store.set_outbound_state(&self.session.client_id, *seq, stage, *packet_id)
+                    match store.set_outbound_state(&self.session.client_id, *seq, stage, *packet_id)
                     {
-                        tracing::warn!(client_id = %self.session.client_id, error = %e, "store write failed");
+                        // A QoS 2 PUBLISH goes out only once its packet id is durable:
+                        // a restart must resend it with the same id (and DUP), which
+                        // the client recognises, never under a new id [MQTT-4.3.3-?].
+                        Ok(g) if stage == Stage::AwaitPubRec => *generation = Some(g),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(client_id = %self.session.client_id, error = %e, "store write failed");
+                        }
                     }
                 }
             }
@@ -843,12 +854,12 @@ impl Connection {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }
-        for out in batch {
-            self.encode_outgoing(out);
+        for (out, generation) in batch.into_iter().zip(generations) {
+            self.encode_outgoing(out, generation);
         }
     }
 
-    fn encode_outgoing(&mut self, out: Outgoing) {
+    fn encode_outgoing(&mut self, out: Outgoing, generation: Option<u64>) {
         match out {
             Outgoing::PubRel { packet_id } => self.encode(&Packet::PubRel(PubResp {
                 packet_id,
@@ -907,6 +918,11 @@ impl Connection {
                     &self.broker.stats().publish_bytes_sent,
                     publish.payload.len() as u64,
                 );
+                if self.flushed.is_some() && (generation.is_some() || !self.gated.is_empty()) {
+                    // Behind a durability gate: keep the order of everything sent.
+                    self.send_after(generation, Packet::Publish(publish));
+                    return;
+                }
                 Stats::add(&self.broker.stats().packets_sent, 1);
                 if let Err(e) =
                     ferromq_codec::encode_publish(&publish, self.protocol, &mut self.wbuf)

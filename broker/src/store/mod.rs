@@ -44,6 +44,11 @@ use crate::session::state::Stage;
 /// The format this version reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_FILE: &str = "FORMAT";
+/// The last flushed generation, written (atomically, by rename) after each flush.
+/// sled silently truncates its log at a damaged record on open; a database whose own
+/// high-water mark is below this file's lost acknowledged records and is refused.
+const HWM_FILE: &str = "CHECKPOINT";
+const HWM_KEY: &[u8] = b"hwm";
 const FORMAT_PREFIX: &str = "ferromq-store ";
 
 /// Why the store cannot be opened. Each names the path and the problem; the broker
@@ -141,6 +146,7 @@ pub struct Loaded {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     sessions: sled::Tree,
     outbound: sled::Tree,
     outstate: sled::Tree,
@@ -159,6 +165,90 @@ impl std::fmt::Debug for Store {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// Opens a copy of the database first and checks its high-water mark against
+/// `CHECKPOINT`: sled repairs (truncates) a damaged log when it opens it, so only a copy
+/// may be opened before we know the store is whole. Costs one copy of the database per
+/// start; the copy lives in `DIR/.verify` and is removed afterwards.
+fn verify_on_copy(dir: &Path, db_path: &Path, cache_capacity: u64) -> Result<(), OpenError> {
+    let scratch = dir.join(".verify");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let copy = scratch.join("store");
+    copy_dir(db_path, &copy).map_err(|source| OpenError::Write {
+        path: scratch.clone(),
+        source,
+    })?;
+    let result = (|| {
+        let db = sled::Config::new()
+            .path(&copy)
+            .cache_capacity(cache_capacity.min(16 << 20))
+            .open()
+            .map_err(|e| corrupt(db_path, e.to_string()))?;
+        let meta = db
+            .open_tree("meta")
+            .map_err(|e| corrupt(db_path, e.to_string()))?;
+        check_hwm(dir, db_path, &meta)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.map(|_| ())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Compares the database's high-water mark with `CHECKPOINT`; returns the database's.
+fn check_hwm(dir: &Path, db_path: &Path, meta: &sled::Tree) -> Result<u64, OpenError> {
+    let sled_hwm = match meta
+        .get(HWM_KEY)
+        .map_err(|e| corrupt(db_path, e.to_string()))?
+    {
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt(db_path, "unreadable high-water mark"))?,
+        ),
+        None => 0,
+    };
+    let hwm_path = dir.join(HWM_FILE);
+    match std::fs::read_to_string(&hwm_path) {
+        Ok(text) => {
+            let file_hwm: u64 = text.trim().parse().map_err(|_| {
+                corrupt(
+                    &hwm_path,
+                    format!("unreadable checkpoint {:?}", text.trim()),
+                )
+            })?;
+            if file_hwm > sled_hwm {
+                return Err(corrupt(
+                    db_path,
+                    format!(
+                        "the database ends at checkpoint {sled_hwm} but {} records checkpoint {file_hwm}: flushed records are missing (damaged or truncated log)",
+                        hwm_path.display()
+                    ),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(OpenError::Read {
+                path: hwm_path,
+                source,
+            });
+        }
+    }
+    Ok(sled_hwm)
 }
 
 fn corrupt(path: &Path, problem: impl Into<String>) -> OpenError {
@@ -218,6 +308,9 @@ impl Store {
                 });
             }
         };
+        if !fresh && dir.join(HWM_FILE).exists() {
+            verify_on_copy(&dir, &db_path, cfg.cache_capacity)?;
+        }
         let flush_every = match cfg.durability {
             Durability::Strict => Some(1000),
             Durability::Periodic => Some(cfg.flush_interval.as_millis().max(1) as u64),
@@ -232,7 +325,10 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| corrupt(&db_path, e.to_string()))
         };
+        let meta = tree("meta")?;
+        let sled_hwm = check_hwm(&dir, &db_path, &meta)?;
         let store = Store {
+            meta,
             sessions: tree("sessions")?,
             outbound: tree("outbound")?,
             outstate: tree("outstate")?,
@@ -242,9 +338,12 @@ impl Store {
             path: dir,
             db,
             durability: cfg.durability,
-            written: AtomicU64::new(0),
+            written: AtomicU64::new(sled_hwm),
             flush_requested: Notify::new(),
-            flushed_tx: watch::Sender::new(Flushed::default()),
+            flushed_tx: watch::Sender::new(Flushed {
+                done: sled_hwm,
+                failed: 0,
+            }),
         };
         if fresh {
             store
@@ -307,7 +406,11 @@ impl Store {
             tokio::select! {
                 _ = self.flush_requested.notified() => {}
                 _ = stop.cancelled() => {
-                    let _ = self.db.flush_async().await;
+                    let target = self.generation();
+                    let _ = self.meta.insert(HWM_KEY, &target.to_be_bytes());
+                    if self.db.flush_async().await.is_ok() {
+                        self.write_checkpoint(target);
+                    }
                     return;
                 }
             }
@@ -316,9 +419,11 @@ impl Store {
                 continue;
             }
             let start = Instant::now();
+            let _ = self.meta.insert(HWM_KEY, &target.to_be_bytes());
             match self.db.flush_async().await {
                 Ok(_) => {
                     crate::store::observe_flush(start.elapsed());
+                    self.write_checkpoint(target);
                     self.flushed_tx.send_modify(|f| f.done = f.done.max(target));
                 }
                 Err(e) => {
@@ -327,6 +432,18 @@ impl Store {
                         .send_modify(|f| f.failed = f.failed.max(target));
                 }
             }
+        }
+    }
+
+    /// Records the flushed generation outside sled (temp file + rename, so it is
+    /// never torn). Losing this write only makes the check weaker, never wrong.
+    fn write_checkpoint(&self, generation: u64) {
+        let path = self.path.join(HWM_FILE);
+        let tmp = path.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, generation.to_string()).and_then(|_| std::fs::rename(&tmp, &path))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the store checkpoint");
         }
     }
 
