@@ -2,7 +2,9 @@
 //! configuration, bind, serve until SIGTERM/SIGINT, shut down gracefully.
 //!
 //! Exit codes: 0 after a clean shutdown, 78 (`EX_CONFIG`) for an invalid configuration
-//! (every problem is printed), 1 when a listener cannot be bound or the runtime fails.
+//! (every problem is printed), including a TLS certificate, key or CA file that is
+//! missing or unusable, 1 when a listener cannot be bound or the runtime fails.
+//! SIGHUP reloads certificates (see `ferromq::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,7 +89,7 @@ async fn run(config: Arc<ferromq_config::Config>, ready_file: Option<PathBuf>) -
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("ferromq: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     if let Some(path) = ready_file
