@@ -118,6 +118,23 @@ async fn mtls_good_certificate_is_accepted_and_its_cn_is_the_username() {
     .await;
 }
 
+#[tokio::test]
+async fn tls_version_sets_the_lowest_version_accepted() {
+    let (_dir, c) = certs();
+    let node = TestNode::start(&mqtts_config(&c, "tls_version tlsv1.3\n")).await;
+    let addr = node.listener_addr("mqtts");
+    let v12 = client_config_versions(&c.cert("ca"), None, &[&rustls::version::TLS12])
+        .expect("TLS 1.2 client config");
+    assert!(
+        RawClient::tls(addr, v12).await.is_err(),
+        "a TLS 1.2-only client must be refused by a tlsv1.3 listener"
+    );
+    node.wait_log_contains("TLS handshake failed", LOG_WAIT)
+        .await;
+    let mut v13 = tls_connect(addr, &c, None, "tls13").await;
+    v13.ping().await;
+}
+
 /// The client's CONNECT must not be answered: the handshake fails (TLS 1.2), or the
 /// server's alert arrives instead of a CONNACK (TLS 1.3).
 async fn expect_refused(
