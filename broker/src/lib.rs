@@ -19,11 +19,17 @@
 //! - [`message`]: the shared, reference-counted application message.
 //! - [`sys`]: `$SYS/broker/...` statistics.
 //! - [`stats`]: broker-wide counters.
+//! - [`transport`]: per listener protocol (`mqtt`, `mqtts`, `ws`, `wss`), the TLS
+//!   handshake and WebSocket upgrade before MQTT.
+//! - [`tls`]: rustls server configs from PEM files, client certificates, reloads.
+//! - [`ws`]: the WebSocket upgrade and the byte-stream adapter over its messages.
+//! - [`reload`]: SIGHUP and file-change reloads.
 #![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod connection;
 pub mod message;
+pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod server;
@@ -31,6 +37,9 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod tls;
+pub mod transport;
+pub mod ws;
 
 pub use broker::Broker;
 pub use server::Server;

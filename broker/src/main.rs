@@ -2,9 +2,10 @@
 //! configuration, bind, serve until SIGTERM/SIGINT, shut down gracefully.
 //!
 //! Exit codes: 0 after a clean shutdown, 78 (`EX_CONFIG`) for an invalid configuration
-//! (every problem is printed), 74 (`EX_IOERR`) when the data directory cannot be used
-//! (a newer format, a corrupt store: nothing is overwritten), 1 when a listener cannot
-//! be bound or the runtime fails.
+//! (every problem is printed), including a TLS certificate, key or CA file that is
+//! missing or unusable, 74 (`EX_IOERR`) when the data directory cannot be used (a
+//! newer format, a corrupt store: nothing is overwritten), 1 when a listener cannot be
+//! bound or the runtime fails. SIGHUP reloads certificates (see `ferromq::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,8 +51,6 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 const EX_CONFIG: u8 = 78;
-/// The data directory cannot be used (newer format, corrupt, unreadable).
-const EX_IOERR: u8 = 74;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,10 +90,7 @@ async fn run(config: Arc<ferromq_config::Config>, ready_file: Option<PathBuf>) -
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("ferromq: {e}");
-            return match e {
-                ferromq::server::ServerError::Store(_) => ExitCode::from(EX_IOERR),
-                _ => ExitCode::FAILURE,
-            };
+            return ExitCode::from(e.exit_code());
         }
     };
     if let Some(path) = ready_file

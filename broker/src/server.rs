@@ -13,13 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferromq_config::{Config, ListenerConfig, ListenerProtocol};
+use ferromq_config::{Config, ListenerProtocol};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::broker::Broker;
-use crate::connection;
+use crate::tls::{TlsContext, TlsErrors};
+use crate::transport::{self, Listener};
 
 /// How long shutdown waits for connections to close before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +40,22 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+    /// A TLS listener's certificate, key or CA file is missing or unusable: a
+    /// configuration error, found before any socket is bound.
+    #[error("{0}")]
+    Tls(TlsErrors),
+}
+
+impl ServerError {
+    /// The process exit code: 78 (`EX_CONFIG`) for configuration problems found
+    /// here, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Tls(_) => 78,
+            ServerError::Store(_) => 74,
+            _ => 1,
+        }
+    }
 }
 
 /// A bound listener, as reported in the ready file.
@@ -51,19 +68,43 @@ pub struct BoundListener {
 
 pub struct Server {
     broker: Broker,
-    listeners: Vec<(ListenerConfig, TcpListener)>,
+    listeners: Vec<(Arc<Listener>, TcpListener)>,
+    /// Every TLS listener's certificates, for reloads.
+    tls: Vec<Arc<TlsContext>>,
 }
 
 fn protocol_name(p: &ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Mqtt => "mqtt",
+    p.as_str()
+}
+
+/// Loads every TLS listener's files, reporting every problem at once.
+fn load_tls(config: &Config) -> Result<Vec<Option<Arc<TlsContext>>>, ServerError> {
+    let mut contexts = Vec::new();
+    let mut errors = Vec::new();
+    for l in &config.listeners {
+        if !l.protocol.is_tls() {
+            contexts.push(None);
+            continue;
+        }
+        match TlsContext::load(l.name.as_str().into(), l.tls.clone()) {
+            Ok(ctx) => contexts.push(Some(Arc::new(ctx))),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(contexts)
+    } else {
+        Err(ServerError::Tls(TlsErrors(errors)))
     }
 }
 
 impl Server {
-    /// Binds every configured listener; the first failure is returned, naming it.
-    /// Opens the store (when persistence is enabled) and restores its state first.
+    /// Loads the TLS listeners' certificates (every problem reported, nothing bound
+    /// yet) and opens the store (when persistence is enabled), restoring its state;
+    /// then binds every configured listener; the first bind failure is returned,
+    /// naming it.
     pub async fn bind(config: Arc<Config>) -> Result<Server, ServerError> {
+        let contexts = load_tls(&config)?;
         let store = if config.persistence.enabled {
             let store = crate::store::Store::open(&config.persistence)?;
             let loaded = store.load()?;
@@ -72,7 +113,7 @@ impl Server {
             None
         };
         let mut listeners = Vec::new();
-        for l in &config.listeners {
+        for (l, tls) in config.listeners.iter().zip(contexts.iter()) {
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -80,7 +121,8 @@ impl Server {
                     addr: l.bind,
                     source,
                 })?;
-            listeners.push((l.clone(), socket));
+            let listener = Listener::new(l.clone(), tls.clone(), config.mqtt.max_packet_size);
+            listeners.push((Arc::new(listener), socket));
         }
         let broker = match store {
             Some((store, loaded)) => {
@@ -94,7 +136,11 @@ impl Server {
                 Broker::new(config, None)
             }
         };
-        Ok(Server { broker, listeners })
+        Ok(Server {
+            broker,
+            listeners,
+            tls: contexts.into_iter().flatten().collect(),
+        })
     }
 
     pub fn broker(&self) -> &Broker {
@@ -105,7 +151,8 @@ impl Server {
     pub fn bound(&self) -> Vec<BoundListener> {
         self.listeners
             .iter()
-            .filter_map(|(cfg, l)| {
+            .filter_map(|(listener, l)| {
+                let cfg = &listener.cfg;
                 Some(BoundListener {
                     name: cfg.name.clone(),
                     protocol: protocol_name(&cfg.protocol),
@@ -133,9 +180,10 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains connections.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
-        for (cfg, listener) in self.listeners {
-            tokio::spawn(accept_loop(cfg, listener, broker.clone()));
+        for (l, listener) in self.listeners {
+            tokio::spawn(accept_loop(l, listener, broker.clone()));
         }
+        crate::reload::spawn(self.tls, broker.shutdown_token().clone());
         crate::sys::spawn(&broker);
         let flusher_stop = tokio_util::sync::CancellationToken::new();
         let flusher = broker
@@ -160,11 +208,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(cfg: ListenerConfig, listener: TcpListener, broker: Broker) {
+async fn accept_loop(l: Arc<Listener>, listener: TcpListener, broker: Broker) {
     // Per-listener connection limit (overflow policy: the new socket is closed at once).
-    let limit = cfg.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-    let name: Arc<str> = cfg.name.as_str().into();
-    tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "listening (mqtt)");
+    let limit = l.cfg.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let name = l.name.clone();
+    tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), protocol = l.cfg.protocol.as_str(), "listening");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -191,8 +239,9 @@ async fn accept_loop(cfg: ListenerConfig, listener: TcpListener, broker: Broker)
         };
         let _ = socket.set_nodelay(true);
         let b = broker.clone();
+        let l = l.clone();
         broker.tasks().spawn(async move {
-            connection::serve(socket, peer, b).await;
+            transport::serve_socket(socket, peer, l, b).await;
             drop(permit);
         });
     }

@@ -27,7 +27,12 @@ impl Client {
         let (client, server) = tokio::io::duplex(1 << 16);
         let b = broker.clone();
         tokio::spawn(async move {
-            ferromq::connection::serve(server, "127.0.0.1:1".parse().unwrap(), b).await;
+            ferromq::connection::serve(
+                server,
+                "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap(),
+                b,
+            )
+            .await;
         });
         let mut c = Client {
             io: client,

@@ -49,9 +49,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def gen_certs_bin() -> Path:
+    """The `gen-test-certs` helper (tests/src/bin), built next to the broker."""
+    return Path(os.environ.get("FERROMQ_TEST_GEN_CERTS", ferromq_bin().parent / "gen-test-certs"))
+
+
+@dataclass
+class Certs:
+    """Test certificates made at test time by `gen-test-certs` (rcgen): see
+    tests/src/certs.rs for the files. `cert(name)` / `key(name)` give their paths."""
+
+    dir: Path
+
+    def cert(self, name: str) -> str:
+        return str(self.dir / f"{name}.pem")
+
+    def key(self, name: str) -> str:
+        return str(self.dir / f"{name}.key")
+
+
+@pytest.fixture
+def certs(tmp_path) -> Certs:
+    """A fresh test PKI per test (tests may overwrite the files to test reloads)."""
+    out = tmp_path / "certs"
+    subprocess.run([str(gen_certs_bin()), str(out)], check=True, capture_output=True, timeout=60)
+    return Certs(out)
+
+
+@dataclass
+class Endpoint:
+    """One listener's address: what `mqttclient.Client` needs as its `broker`."""
+
+    host: str
+    port: int
+
+
 @dataclass
 class Broker:
-    """A running broker process; `host`/`port` is its first MQTT listener."""
+    """A running broker process; `host`/`port` is its first MQTT listener (or its
+    first listener, if none speaks plain MQTT)."""
 
     proc: subprocess.Popen
     workdir: Path
@@ -65,6 +101,12 @@ class Broker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def endpoint(self, protocol: str, index: int = 0) -> Endpoint:
+        """The `index`th listener speaking `protocol` (mqtt, mqtts, ws, wss)."""
+        found = [l for l in self.listeners if l["protocol"] == protocol]
+        host, port = found[index]["addr"].rsplit(":", 1)
+        return Endpoint(host, int(port))
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
@@ -134,7 +176,7 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
             proc.wait()
         logf.close()
         raise
-    mqtt = [l for l in info["listeners"] if l["protocol"] == "mqtt"]
+    mqtt = [l for l in info["listeners"] if l["protocol"] == "mqtt"] or info["listeners"]
     host, port = mqtt[0]["addr"].rsplit(":", 1)
     return Broker(proc, workdir, host, int(port), info["listeners"], log_path)
 

@@ -214,8 +214,16 @@ class Client:
 
     def __init__(self, broker, client_id: str | None = None, protocol: int = 5, *, clean: bool = True,
                  keepalive: int = 60, session_expiry: int | None = None, will: dict | None = None,
-                 properties: dict | None = None, manual_ack: bool = False):
+                 properties: dict | None = None, manual_ack: bool = False, transport: str = "tcp",
+                 ws_path: str = "/mqtt", tls: dict | None = None):
+        # `broker` is anything with `host` and `port` (a conftest `Broker`, or one of
+        # its `Endpoint`s for a TLS or WebSocket listener). `transport` is paho's
+        # "tcp" or "websockets"; `tls` holds paho `tls_set` arguments (ca_certs,
+        # certfile, keyfile).
         self.broker = broker
+        self.transport = transport
+        self.ws_path = ws_path
+        self.tls = tls
         self.protocol = protocol
         self.client_id = unique("c") if client_id is None else client_id
         self.clean = clean
@@ -300,7 +308,7 @@ class Client:
             self.clean = clean
         kwargs = dict(callback_api_version=paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                       protocol=PAHO_PROTOCOL[self.protocol], reconnect_on_failure=False,
-                      manual_ack=self.manual_ack)
+                      manual_ack=self.manual_ack, transport=self.transport)
         if self.protocol != 5:
             kwargs["clean_session"] = self.clean
         if self._paho is not None:  # a reconnect through the same object
@@ -311,6 +319,10 @@ class Client:
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_disconnect = self._on_disconnect
+        if self.transport == "websockets":
+            c.ws_set_options(path=self.ws_path)
+        if self.tls is not None:
+            c.tls_set(**self.tls)
         # Never let paho queue more than the broker allows or hold messages back.
         c.max_inflight_messages_set(65535)
         c.max_queued_messages_set(0)

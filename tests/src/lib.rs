@@ -11,15 +11,20 @@
 //! - [`mqtt`]: hand-encoded 3.1.1/5.0 packets and decoders for the broker's replies;
 //! - [`witness`]: [`Witness`], a publisher/subscriber pair that proves the
 //!   broker still routes after a bad client is thrown out;
-//! - [`wait`]: [`wait_until`], deadlines instead of sleeps.
+//! - [`wait`]: [`wait_until`], deadlines instead of sleeps;
+//! - [`certs`]: [`certs::TestCerts`], a CA and server/client certificates made
+//!   with rcgen at test time (also the `gen-test-certs OUTDIR` binary);
+//! - [`tls`]: TLS client configs for [`RawClient::tls`].
 //!
 //! The tests themselves are in `tests/tests/`: `malformed.rs`, `config_errors.rs`,
 //! `shutdown.rs`. They need a built broker (`cargo build -p ferromq`, or set
 //! `FERROMQ_BIN`).
 
+pub mod certs;
 pub mod mqtt;
 pub mod node;
 pub mod raw;
+pub mod tls;
 pub mod wait;
 pub mod witness;
 

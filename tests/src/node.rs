@@ -73,6 +73,9 @@ pub struct Launch {
     pub extra_args: Vec<String>,
     /// How long to wait for the ready file (or for the process to exit).
     pub timeout: Duration,
+    /// Extra environment variables for the broker (`FERROMQ_<SECTION>_<KEY>` sets
+    /// keys that have no mosquitto.conf directive).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -81,6 +84,7 @@ impl Launch {
             config: Some(config.to_owned()),
             extra_args: Vec::new(),
             timeout: STARTUP_TIMEOUT,
+            env: Vec::new(),
         }
     }
 }
@@ -197,7 +201,9 @@ impl TestNode {
                 .arg(&data_dir);
             (bin, cmd, None)
         };
-        cmd.args(&launch.extra_args).current_dir(&root);
+        cmd.args(&launch.extra_args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&root);
         let stderr = File::create(&stderr_path).map_err(spawn_err(&stderr_path))?;
         let stdout = File::create(&stdout_path).map_err(spawn_err(&stdout_path))?;
         cmd.stdin(Stdio::null())
@@ -301,6 +307,15 @@ impl TestNode {
             .find(|l| l.protocol == "mqtt")
             .map(|l| l.addr)
             .unwrap_or_else(|| panic!("no mqtt listener in {:?}", self.listeners))
+    }
+
+    /// The first listener speaking `protocol` (`mqtt`, `mqtts`, `ws`, `wss`).
+    pub fn listener_addr(&self, protocol: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|l| l.protocol == protocol)
+            .map(|l| l.addr)
+            .unwrap_or_else(|| panic!("no {protocol} listener in {:?}", self.listeners))
     }
 
     /// Every listener from the ready file.

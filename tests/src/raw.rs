@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -48,10 +48,14 @@ pub enum CloseKind {
     Reset,
 }
 
+/// The byte stream under a [`RawClient`]: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A raw MQTT connection. `v5` records which protocol the client spoke in its
 /// CONNECT, so decoders pick the right packet forms.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     local: SocketAddr,
     label: String,
@@ -67,10 +71,37 @@ impl RawClient {
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
         Ok(RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::with_capacity(8 * 1024),
             local,
             label: local.to_string(),
+            v5: false,
+        })
+    }
+
+    /// Opens a TCP connection, completes a TLS handshake for `localhost` with
+    /// `config` (see [`crate::tls`]) and sends nothing. A refused client
+    /// certificate may surface here or, with TLS 1.3, at the first read.
+    pub async fn tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<RawClient> {
+        let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let stream = tokio::time::timeout(REPLY_TIMEOUT, connector.connect(name, stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(RawClient {
+            stream: Box::new(stream),
+            buf: BytesMut::with_capacity(8 * 1024),
+            local,
+            label: format!("{local} (TLS)"),
             v5: false,
         })
     }

@@ -373,6 +373,9 @@ pub(crate) static KEYS: &[KeySpec] = &[
          4294967295 means sessions may be kept forever."),
     key!("mqtt", "connect_timeout", mqtt.connect_timeout: Duration, None,
         "How long a new connection has to send CONNECT before it is closed."),
+    key!("mqtt", "handshake_timeout", mqtt.handshake_timeout: Duration, None,
+        "How long a new connection on an mqtts, ws or wss listener has for its TLS\n\
+         handshake, and again for its WebSocket upgrade, before it is closed."),
     key!("mqtt", "max_topic_levels", mqtt.max_topic_levels: usize, None,
         "Levels a topic name or filter may have. At least 1."),
     key!("persistence", "enabled", persistence.enabled: bool, Some("persistence"),

@@ -53,15 +53,17 @@ impl Default for Config {
 }
 
 /// The wire protocol a listener speaks.
-///
-/// Only plain MQTT over TCP for now; `mqtts`, `ws` and `wss` come with TLS and
-/// WebSockets, and asking for them today is a configuration error, not a silent
-/// downgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ListenerProtocol {
     /// MQTT 3.1, 3.1.1 and 5.0 over plain TCP.
     #[default]
     Mqtt,
+    /// MQTT over TLS 1.2/1.3 (rustls). Needs `certfile` and `keyfile`.
+    Mqtts,
+    /// MQTT over WebSocket (subprotocol `mqtt`, binary frames) on plain TCP.
+    Ws,
+    /// MQTT over WebSocket over TLS. Needs `certfile` and `keyfile`.
+    Wss,
 }
 
 impl ListenerProtocol {
@@ -69,7 +71,20 @@ impl ListenerProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mqtt => "mqtt",
+            Self::Mqtts => "mqtts",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
         }
+    }
+
+    /// Whether connections start with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Mqtts | Self::Wss)
+    }
+
+    /// Whether connections start with a WebSocket upgrade.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
     }
 }
 
@@ -78,6 +93,9 @@ impl fmt::Display for ListenerProtocol {
         f.write_str(self.as_str())
     }
 }
+
+/// The default WebSocket path.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 /// One MQTT listener.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +111,12 @@ pub struct ListenerConfig {
     /// Maximum simultaneous client connections on this listener; `None` = no
     /// per-listener limit (the broker's global bounds still apply).
     pub max_connections: Option<usize>,
+    /// Certificates and client authentication, for `mqtts` and `wss` listeners
+    /// (validation refuses them on the others).
+    pub tls: TlsSettings,
+    /// The HTTP path a WebSocket upgrade must ask for (`ws` and `wss`). Default
+    /// [`DEFAULT_WS_PATH`].
+    pub ws_path: String,
 }
 
 impl ListenerConfig {
@@ -104,7 +128,67 @@ impl ListenerConfig {
             protocol: ListenerProtocol::Mqtt,
             allow_anonymous: None,
             max_connections: None,
+            tls: TlsSettings::default(),
+            ws_path: DEFAULT_WS_PATH.to_owned(),
         }
+    }
+}
+
+/// A listener's TLS settings, named after Mosquitto's directives. Files are PEM; they
+/// are read and checked when the broker starts (a missing or unparsable one stops it,
+/// naming the file) and again on SIGHUP or when they change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsSettings {
+    /// CA certificates that client certificates must chain to. Required with
+    /// `require_certificate`; without it, clients may still present a certificate
+    /// signed by one of these.
+    pub cafile: Option<PathBuf>,
+    /// The server's certificate chain, leaf first.
+    pub certfile: Option<PathBuf>,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// Refuse clients without a valid certificate signed by `cafile` (mutual TLS).
+    pub require_certificate: bool,
+    /// Use the client certificate's Common Name as the MQTT username; a client
+    /// without a certificate is then refused (Not Authorized).
+    pub use_identity_as_username: bool,
+    /// The lowest TLS version accepted. Default TLS 1.2.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version. Only 1.2 and 1.3 exist in rustls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Mosquitto's spelling, used in both config formats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls12 => "tlsv1.2",
+            Self::Tls13 => "tlsv1.3",
+        }
+    }
+
+    /// `tlsv1.2`, `tlsv1.3` (also `1.2`, `1.3`, any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.strip_prefix("tlsv").unwrap_or(&s) {
+            "1.2" => Some(Self::Tls12),
+            "1.3" => Some(Self::Tls13),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -154,6 +238,10 @@ pub struct MqttConfig {
     pub max_session_expiry_interval: u32,
     /// How long a new connection has to send CONNECT. Default 10 s; must be > 0.
     pub connect_timeout: Duration,
+    /// How long a new connection on a TLS or WebSocket listener has for its TLS
+    /// handshake, and again for its WebSocket upgrade, before it is closed. Default
+    /// 10 s; must be > 0.
+    pub handshake_timeout: Duration,
     /// Levels a topic name or filter may have. Default 128; must be >= 1.
     pub max_topic_levels: usize,
 }
@@ -177,6 +265,7 @@ impl Default for MqttConfig {
             max_qos: 2,
             max_session_expiry_interval: u32::MAX,
             connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_topic_levels: 128,
         }
     }

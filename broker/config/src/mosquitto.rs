@@ -8,24 +8,31 @@
 //! - *accepted, no effect* (`persistence_file`, `autosave_*`, `log_type`, ...): a note
 //!   in [`Config::notes`](crate::Config::notes), because what they ask for either
 //!   happens anyway or has a ferromq equivalent;
-//! - *recognised, refused* (TLS, WebSockets, authentication, `include_dir`, bridges):
-//!   an error, because running without the TLS or password file a user configured
-//!   would be worse than not starting;
+//! - *recognised, refused* (`capath`, CRLs, PSK, cipher lists, authentication,
+//!   plugins, `include_dir`, bridges): an error, because running without the TLS
+//!   option or password file a user configured would be worse than not starting;
 //! - everything else: "unknown directive", with a suggestion when it looks like a typo.
 //!
 //! Listener blocks follow Mosquitto: `listener PORT [ADDRESS]` starts a block, and
-//! `max_connections`, `protocol` and (with `per_listener_settings true`)
-//! `allow_anonymous` apply to the latest block. Before the first `listener` they
-//! apply to the default listener, which `port` and `bind_address` also configure
-//! and which exists only if one of them was used.
+//! `max_connections`, `protocol`, the TLS directives (`cafile`, `certfile`,
+//! `keyfile`, `require_certificate`, `use_identity_as_username`, `tls_version`) and
+//! (with `per_listener_settings true`) `allow_anonymous` apply to the latest block.
+//! Before the first `listener` they apply to the default listener, which `port` and
+//! `bind_address` also configure and which exists only if one of them was used.
+//!
+//! As in Mosquitto, a block with `cafile`, `certfile` or `keyfile` is a TLS listener:
+//! `protocol mqtt` becomes `mqtts` and `protocol websockets` becomes `wss`. A
+//! WebSocket listener serves the path `/mqtt` (Mosquitto accepts any path).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Location, UnsupportedFeature, suggest};
 use crate::keys::{self, FieldType, Raw, parse_bool, shorten};
 use crate::load::{Builder, listener_name};
-use crate::model::{DEFAULT_PORT, ListenerConfig, ListenerProtocol, MAX_PACKET_SIZE_LIMIT};
+use crate::model::{
+    DEFAULT_PORT, ListenerConfig, ListenerProtocol, MAX_PACKET_SIZE_LIMIT, TlsSettings, TlsVersion,
+};
 
 /// Directives taking one value that maps directly onto a key.
 const SIMPLE: &[(&str, &str)] = &[
@@ -65,6 +72,12 @@ const SPECIAL: &[&str] = &[
     "log_dest",
     "include_dir",
     "connection",
+    "cafile",
+    "certfile",
+    "keyfile",
+    "require_certificate",
+    "use_identity_as_username",
+    "tls_version",
 ];
 
 /// Accepted with a note: what they ask for needs no setting in ferromq.
@@ -84,20 +97,23 @@ const IGNORED: &[(&str, &str)] = &[
         "user",
         "ferromq does not switch users; start it as the user it should run as",
     ),
+    (
+        "websockets_log_level",
+        "WebSocket events are logged with the broker's log (log.level)",
+    ),
+    (
+        "websockets_headers_size",
+        "the WebSocket upgrade request is bounded by the handshake parser",
+    ),
 ];
 
-/// Recognised, refused: TLS, WebSockets, authentication and authorisation.
+/// Recognised, refused: the TLS options ferromq does not implement, authentication
+/// and authorisation.
 const TLS_WS_AUTH: &[&str] = &[
     "password_file",
     "acl_file",
-    "cafile",
     "capath",
-    "certfile",
-    "keyfile",
-    "require_certificate",
-    "use_identity_as_username",
     "use_subject_as_username",
-    "tls_version",
     "crlfile",
     "ciphers",
     "ciphers_tls1.3",
@@ -110,8 +126,6 @@ const TLS_WS_AUTH: &[&str] = &[
     "auth_plugin",
     "plugin",
     "http_dir",
-    "websockets_log_level",
-    "websockets_headers_size",
 ];
 const TLS_WS_AUTH_PREFIXES: &[&str] = &["auth_opt_", "plugin_opt_"];
 
@@ -124,7 +138,9 @@ const ADDRESS_EXPECTED: &str = "an IP address such as 127.0.0.1 or :: \
 struct Draft {
     port: Option<u16>,
     addr: Option<IpAddr>,
-    protocol: ListenerProtocol,
+    /// `protocol websockets`; whether it is `ws` or `wss` depends on the TLS files.
+    websockets: bool,
+    tls: TlsSettings,
     allow_anonymous: Option<bool>,
     max_connections: Option<usize>,
     /// Where the block started; for the default listener, the first directive that
@@ -137,15 +153,27 @@ struct Draft {
 
 impl Draft {
     fn build(self, name: String) -> ListenerConfig {
+        // Mosquitto turns TLS on for a listener with any of these files.
+        let t = &self.tls;
+        let tls = t.cafile.is_some() || t.certfile.is_some() || t.keyfile.is_some();
+        let protocol = match (self.websockets, tls) {
+            (false, false) => ListenerProtocol::Mqtt,
+            (false, true) => ListenerProtocol::Mqtts,
+            (true, false) => ListenerProtocol::Ws,
+            (true, true) => ListenerProtocol::Wss,
+        };
         ListenerConfig {
-            name,
-            bind: SocketAddr::new(
-                self.addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                self.port.unwrap_or(DEFAULT_PORT),
-            ),
-            protocol: self.protocol,
+            protocol,
             allow_anonymous: self.allow_anonymous,
             max_connections: self.max_connections,
+            tls: self.tls,
+            ..ListenerConfig::mqtt(
+                name,
+                SocketAddr::new(
+                    self.addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    self.port.unwrap_or(DEFAULT_PORT),
+                ),
+            )
         }
     }
 }
@@ -262,15 +290,52 @@ impl Reader<'_> {
                 }
             }
             "protocol" => match self.single(directive, rest, &at, Some("`mqtt` or `websockets`")) {
-                Some("mqtt") => self.current(&at).protocol = ListenerProtocol::Mqtt,
-                Some("websockets") => self.unsupported(
-                    "protocol websockets",
-                    at,
-                    UnsupportedFeature::TlsWebSocketsAuth,
-                ),
+                Some("mqtt") => self.current(&at).websockets = false,
+                Some("websockets") => self.current(&at).websockets = true,
                 Some(other) => self.invalid(directive, other, at, "`mqtt` or `websockets`"),
                 None => {}
             },
+            "cafile" | "certfile" | "keyfile" => {
+                if rest.is_empty() {
+                    self.missing(directive, at, "a path to a PEM file");
+                    return;
+                }
+                // The rest of the line: Mosquitto allows spaces in paths.
+                let path = Some(PathBuf::from(rest));
+                let tls = &mut self.current(&at).tls;
+                match directive {
+                    "cafile" => tls.cafile = path,
+                    "certfile" => tls.certfile = path,
+                    _ => tls.keyfile = path,
+                }
+            }
+            "require_certificate" | "use_identity_as_username" => {
+                if let Some(v) = self.parsed(directive, rest, &at, bool::EXPECTED, parse_bool) {
+                    let tls = &mut self.current(&at).tls;
+                    if directive == "require_certificate" {
+                        tls.require_certificate = v;
+                    } else {
+                        tls.use_identity_as_username = v;
+                    }
+                }
+            }
+            "tls_version" => {
+                let expected = "`tlsv1.2` (TLS 1.2 and 1.3) or `tlsv1.3`";
+                match self.single(directive, rest, &at, Some(expected)) {
+                    Some(v) if v.eq_ignore_ascii_case("tlsv1.1") => {
+                        self.b.note(format!(
+                            "`tls_version tlsv1.1` at {at}: TLS 1.1 is not supported (rustls \
+                             speaks TLS 1.2 and 1.3); the minimum is TLS 1.2"
+                        ));
+                        self.current(&at).tls.min_version = TlsVersion::Tls12;
+                    }
+                    Some(v) => match TlsVersion::parse(v) {
+                        Some(version) => self.current(&at).tls.min_version = version,
+                        None => self.invalid(directive, v, at, expected),
+                    },
+                    None => {}
+                }
+            }
             "allow_anonymous" => {
                 if self.per_listener_settings {
                     if let Some(v) = self.parsed(directive, rest, &at, bool::EXPECTED, parse_bool) {

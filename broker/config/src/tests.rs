@@ -99,6 +99,30 @@ protocol = "mqtt"
 allow_anonymous = false
 max_connections = 500
 
+[[listener]]
+name = "secure"
+bind = "0.0.0.0:8883"
+protocol = "mqtts"
+cafile = "/etc/ferromq/ca.pem"
+certfile = "/etc/ferromq/server.pem"
+keyfile = "/etc/ferromq/server.key"
+require_certificate = true
+use_identity_as_username = true
+tls_version = "tlsv1.3"
+
+[[listener]]
+name = "browser"
+bind = "0.0.0.0:8443"
+protocol = "wss"
+certfile = "/etc/ferromq/server.pem"
+keyfile = "/etc/ferromq/server.key"
+path = "/ws"
+
+[[listener]]
+name = "plain-ws"
+bind = "127.0.0.1:8080"
+protocol = "ws"
+
 [mqtt]
 allow_anonymous = false
 allow_zero_length_clientid = false
@@ -116,6 +140,7 @@ retain_available = false
 max_qos = 1
 max_session_expiry_interval = 86400
 connect_timeout = "1500ms"
+handshake_timeout = "3s"
 max_topic_levels = 16
 
 [persistence]
@@ -140,6 +165,34 @@ fn full_config() -> Config {
                 protocol: ListenerProtocol::Mqtt,
                 allow_anonymous: Some(false),
                 max_connections: Some(500),
+                tls: TlsSettings::default(),
+                ws_path: "/mqtt".into(),
+            },
+            ListenerConfig {
+                protocol: ListenerProtocol::Mqtts,
+                tls: TlsSettings {
+                    cafile: Some("/etc/ferromq/ca.pem".into()),
+                    certfile: Some("/etc/ferromq/server.pem".into()),
+                    keyfile: Some("/etc/ferromq/server.key".into()),
+                    require_certificate: true,
+                    use_identity_as_username: true,
+                    min_version: TlsVersion::Tls13,
+                },
+                ..ListenerConfig::mqtt("secure", addr("0.0.0.0:8883"))
+            },
+            ListenerConfig {
+                protocol: ListenerProtocol::Wss,
+                tls: TlsSettings {
+                    certfile: Some("/etc/ferromq/server.pem".into()),
+                    keyfile: Some("/etc/ferromq/server.key".into()),
+                    ..TlsSettings::default()
+                },
+                ws_path: "/ws".into(),
+                ..ListenerConfig::mqtt("browser", addr("0.0.0.0:8443"))
+            },
+            ListenerConfig {
+                protocol: ListenerProtocol::Ws,
+                ..ListenerConfig::mqtt("plain-ws", addr("127.0.0.1:8080"))
             },
         ],
         mqtt: MqttConfig {
@@ -159,6 +212,7 @@ fn full_config() -> Config {
             max_qos: 1,
             max_session_expiry_interval: 86400,
             connect_timeout: Duration::from_millis(1500),
+            handshake_timeout: Duration::from_secs(3),
             max_topic_levels: 16,
         },
         persistence: PersistenceConfig {
@@ -322,15 +376,32 @@ fn toml_syntax_error_names_the_line() {
 }
 
 #[test]
-fn toml_websocket_listener_is_refused_not_downgraded() {
+fn toml_transport_rules_are_checked_whole() {
+    let e = errors(toml(
+        "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\nprotocol = \"mqtts\"\n\
+         require_certificate = true\n\
+         [[listener]]\nname = \"b\"\nbind = \"0.0.0.0:1883\"\ncertfile = \"/c.pem\"\n\
+         use_identity_as_username = true\n\
+         [[listener]]\nname = \"c\"\nbind = \"0.0.0.0:9001\"\nprotocol = \"ws\"\npath = \"mqtt\"\n\
+         [[listener]]\nname = \"d\"\nbind = \"0.0.0.0:9002\"\nprotocol = \"websocket\"\n\
+         tls_version = \"tlsv1.0\"\n",
+    ));
     assert_eq!(
-        errors(toml(
-            "[[listener]]\nbind = \"0.0.0.0:8080\"\nprotocol = \"ws\"\n"
-        )),
+        e,
         [
-            "`listener.protocol = \"ws\"` at ferromq.toml:3 is recognised but not supported yet (TLS, \
-          WebSockets and authentication arrive in a later release); refusing to start rather \
-          than running without it"
+            "invalid value `\"websocket\"` for `listener.protocol` at ferromq.toml:19: expected \
+             \"mqtt\", \"mqtts\", \"ws\" or \"wss\"",
+            "invalid value `\"tlsv1.0\"` for `listener.tls_version` at ferromq.toml:20: expected \
+             \"tlsv1.2\" (TLS 1.2 and 1.3) or \"tlsv1.3\"",
+            "listener `a` (mqtts) (from ferromq.toml:1): `certfile` is required on a TLS listener \
+             (a PEM file with the server's certificate chain)",
+            "listener `a` (mqtts) (from ferromq.toml:1): `keyfile` is required on a TLS listener \
+             (a PEM file with the server's private key)",
+            "listener `a` (mqtts) (from ferromq.toml:1): `require_certificate` needs `cafile`: the \
+             CA that client certificates must chain to",
+            "listener `b` (mqtt) (from ferromq.toml:6): `certfile`, `use_identity_as_username` set \
+             on a listener without TLS: use protocol `mqtts` or `wss`",
+            "listener `c` (ws) (from ferromq.toml:11): WebSocket `path` `mqtt` must start with `/`",
         ]
     );
 }
@@ -376,23 +447,93 @@ fn mosquitto_unknown_directive_names_file_and_line() {
 }
 
 #[test]
-fn mosquitto_security_and_transport_directives_are_refused() {
+fn mosquitto_tls_and_websocket_listeners() {
+    // Mosquitto's usual secure set-up: TLS on 8883 (mTLS), WebSockets on 9001 and
+    // 9443; a block with certificate files is TLS whatever `protocol` says.
+    let c = ok(mosquitto(
+        "listener 8883\ncafile /etc/mosquitto/ca_certificates/ca.crt\n\
+         certfile /etc/mosquitto/certs/server.crt\nkeyfile /etc/mosquitto/certs/server key.pem\n\
+         require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n\
+         listener 9001\nprotocol websockets\n\
+         listener 9443\nprotocol websockets\ncertfile /s.pem\nkeyfile /s.key\ntls_version tlsv1.1\n\
+         websockets_log_level 255\n",
+    ));
+    assert_eq!(
+        c.listeners,
+        [
+            ListenerConfig {
+                protocol: ListenerProtocol::Mqtts,
+                tls: TlsSettings {
+                    cafile: Some("/etc/mosquitto/ca_certificates/ca.crt".into()),
+                    certfile: Some("/etc/mosquitto/certs/server.crt".into()),
+                    keyfile: Some("/etc/mosquitto/certs/server key.pem".into()),
+                    require_certificate: true,
+                    use_identity_as_username: true,
+                    min_version: TlsVersion::Tls13,
+                },
+                ..ListenerConfig::mqtt("listener-1", addr("0.0.0.0:8883"))
+            },
+            ListenerConfig {
+                protocol: ListenerProtocol::Ws,
+                ..ListenerConfig::mqtt("listener-2", addr("0.0.0.0:9001"))
+            },
+            ListenerConfig {
+                protocol: ListenerProtocol::Wss,
+                tls: TlsSettings {
+                    certfile: Some("/s.pem".into()),
+                    keyfile: Some("/s.key".into()),
+                    ..TlsSettings::default()
+                },
+                ..ListenerConfig::mqtt("listener-3", addr("0.0.0.0:9443"))
+            },
+        ]
+    );
+    assert_eq!(c.notes.len(), 2, "{:#?}", c.notes);
+    assert!(
+        c.notes[0].contains("TLS 1.1 is not supported"),
+        "{}",
+        c.notes[0]
+    );
+    assert!(
+        c.notes[1].starts_with("`websockets_log_level`"),
+        "{}",
+        c.notes[1]
+    );
+
+    // A CA without a server certificate and key is a TLS listener missing both.
+    let e = errors(mosquitto("listener 8883\ncafile /ca.pem\n"));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with(
+        "listener `listener-1` (mqtts) (from mosquitto.conf:1): `certfile` is required"
+    ));
+    assert!(e[1].contains("`keyfile` is required"));
+}
+
+#[test]
+fn mosquitto_security_directives_not_implemented_are_refused() {
     let text = "listener 8883\ncafile /etc/ca.pem\ncertfile /etc/c.pem\nkeyfile /etc/k.pem\n\
-                require_certificate true\nlistener 9001\nprotocol websockets\npassword_file /etc/pw\n\
-                acl_file /etc/acl\ninclude_dir /etc/mosquitto/conf.d\n";
+                require_certificate true\ncapath /etc/ssl/certs\nlistener 9001\nprotocol websockets\n\
+                password_file /etc/pw\nacl_file /etc/acl\ninclude_dir /etc/mosquitto/conf.d\n\
+                tls_version sslv3\n";
     let e = errors(mosquitto(text));
-    assert_eq!(e.len(), 8, "{e:#?}");
+    assert_eq!(e.len(), 5, "{e:#?}");
     assert_eq!(
         e[0],
-        "`cafile` at mosquitto.conf:2 is recognised but not supported yet (TLS, WebSockets and \
-         authentication arrive in a later release); refusing to start rather than running without it"
+        "`capath` at mosquitto.conf:6 is recognised but not supported yet (this TLS option, \
+         authentication and ACLs arrive in a later release); refusing to start rather than \
+         running without it"
     );
-    assert!(e[4].starts_with("`protocol websockets` at mosquitto.conf:7 is recognised"));
-    assert!(e[5].starts_with("`password_file` at mosquitto.conf:8"));
+    assert!(e[1].starts_with("`password_file` at mosquitto.conf:9"));
+    assert!(e[2].starts_with("`acl_file` at mosquitto.conf:10"));
     assert_eq!(
-        e[7],
-        "`include_dir` at mosquitto.conf:10 is recognised but not supported: put every directive \
+        e[3],
+        "`include_dir` at mosquitto.conf:11 is recognised but not supported: put every directive \
          in this one file"
+    );
+    assert_eq!(
+        e[4],
+        "invalid value `sslv3` for `tls_version` at mosquitto.conf:12: expected `tlsv1.2` (TLS 1.2 \
+         and 1.3) or `tlsv1.3`"
     );
 }
 

@@ -17,18 +17,26 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::error::{ConfigError, Location, UnsupportedFeature, suggest};
 use crate::keys::{self, FieldType, KEYS, Raw, SECTIONS};
 use crate::load::{Builder, listener_name};
-use crate::model::{Config, ListenerConfig, ListenerProtocol};
+use crate::model::{Config, DEFAULT_WS_PATH, ListenerConfig, ListenerProtocol, TlsVersion};
 
 const LISTENER: &str = "listener";
-const LISTENER_KEYS: [&str; 5] = [
+const LISTENER_KEYS: [&str; 12] = [
     "name",
     "bind",
     "protocol",
     "allow_anonymous",
     "max_connections",
+    "cafile",
+    "certfile",
+    "keyfile",
+    "require_certificate",
+    "use_identity_as_username",
+    "tls_version",
+    "path",
 ];
 pub(crate) const BIND_EXPECTED: &str = "an IP address and port such as \"0.0.0.0:1883\" or \"[::]:1883\" (host names are not resolved)";
-const PROTOCOL_EXPECTED: &str = "\"mqtt\"";
+const PROTOCOL_EXPECTED: &str = "\"mqtt\", \"mqtts\", \"ws\" or \"wss\"";
+pub(crate) const TLS_VERSION_EXPECTED: &str = "\"tlsv1.2\" (TLS 1.2 and 1.3) or \"tlsv1.3\"";
 
 /// The file being read, for locations and the text of values.
 struct File<'a> {
@@ -250,7 +258,29 @@ fn listener(
                 Err(None) => invalid(b, raw, &path, &key_at, PROTOCOL_EXPECTED),
             },
             "allow_anonymous" => l.allow_anonymous = typed(b, raw, &path, &key_at),
-            _ => l.max_connections = typed(b, raw, &path, &key_at),
+            "max_connections" => l.max_connections = typed(b, raw, &path, &key_at),
+            "cafile" => l.tls.cafile = typed(b, raw, &path, &key_at),
+            "certfile" => l.tls.certfile = typed(b, raw, &path, &key_at),
+            "keyfile" => l.tls.keyfile = typed(b, raw, &path, &key_at),
+            "require_certificate" => {
+                if let Some(v) = typed(b, raw, &path, &key_at) {
+                    l.tls.require_certificate = v;
+                }
+            }
+            "use_identity_as_username" => {
+                if let Some(v) = typed(b, raw, &path, &key_at) {
+                    l.tls.use_identity_as_username = v;
+                }
+            }
+            "tls_version" => match raw.string().and_then(TlsVersion::parse) {
+                Some(v) => l.tls.min_version = v,
+                None => invalid(b, raw, &path, &key_at, TLS_VERSION_EXPECTED),
+            },
+            _ => {
+                if let Some(p) = typed::<String>(b, raw, &path, &key_at) {
+                    l.ws_path = p;
+                }
+            }
         }
     }
     match bind {
@@ -266,13 +296,13 @@ fn listener(
     (b.errors.len() == errors_before).then_some(l)
 }
 
-/// `Err(Some(_))` for protocols ferromq knows but does not serve yet.
+/// `Err(Some(_))` for protocols ferromq knows but does not serve yet (none today).
 pub(crate) fn protocol(name: Option<&str>) -> Result<ListenerProtocol, Option<UnsupportedFeature>> {
     match name.map(str::trim) {
         Some("mqtt") => Ok(ListenerProtocol::Mqtt),
-        Some("mqtts" | "ws" | "wss" | "websockets" | "websocket") => {
-            Err(Some(UnsupportedFeature::TlsWebSocketsAuth))
-        }
+        Some("mqtts") => Ok(ListenerProtocol::Mqtts),
+        Some("ws") => Ok(ListenerProtocol::Ws),
+        Some("wss") => Ok(ListenerProtocol::Wss),
         _ => Err(None),
     }
 }
@@ -325,10 +355,19 @@ const LISTENER_DOC: &str = "\
 # One [[listener]] section per MQTT listener.
 #   name             unique name for logs and metrics (default \"listener-N\")
 #   bind             required: IP address and port; port 0 picks a free port
-#   protocol         \"mqtt\" (TLS and WebSockets arrive in a later release)
+#   protocol         \"mqtt\" (TCP), \"mqtts\" (TLS), \"ws\" (WebSocket), \"wss\"
+#                    (WebSocket over TLS)
 #   allow_anonymous  overrides mqtt.allow_anonymous on this listener
 #   max_connections  connection limit for this listener (default: none)
-# mosquitto.conf: listener PORT [ADDRESS]
+#   certfile, keyfile  PEM server certificate chain and private key (mqtts, wss)
+#   cafile           PEM CA certificates that client certificates must chain to
+#   require_certificate       refuse clients without a valid certificate (mTLS)
+#   use_identity_as_username  the client certificate's CN is the username
+#   tls_version      lowest TLS version: \"tlsv1.2\" (default) or \"tlsv1.3\"
+#   path             WebSocket path (ws, wss; default \"/mqtt\")
+# Certificate files are reloaded on SIGHUP and when they change on disk.
+# mosquitto.conf: listener PORT [ADDRESS], then protocol, cafile, certfile,
+# keyfile, require_certificate, use_identity_as_username, tls_version
 ";
 
 impl Config {
@@ -361,6 +400,7 @@ impl Config {
                 None => writeln!(out, "# max_connections = 10000"),
             }
             .ok();
+            render_transport(&mut out, l);
         }
         for (section, doc) in SECTIONS {
             out.push('\n');
@@ -380,6 +420,37 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// The TLS and WebSocket keys of a listener, only those that differ from the
+/// defaults (a plain listener gets none, so the example file stays short).
+fn render_transport(out: &mut String, l: &ListenerConfig) {
+    let t = &l.tls;
+    for (key, file) in [
+        ("cafile", &t.cafile),
+        ("certfile", &t.certfile),
+        ("keyfile", &t.keyfile),
+    ] {
+        if let Some(f) = file {
+            let _ = writeln!(out, "{key} = {}", keys::toml_string(&f.to_string_lossy()));
+        }
+    }
+    if t.require_certificate {
+        let _ = writeln!(out, "require_certificate = true");
+    }
+    if t.use_identity_as_username {
+        let _ = writeln!(out, "use_identity_as_username = true");
+    }
+    if t.min_version != TlsVersion::default() {
+        let _ = writeln!(
+            out,
+            "tls_version = {}",
+            keys::toml_string(t.min_version.as_str())
+        );
+    }
+    if l.ws_path != DEFAULT_WS_PATH {
+        let _ = writeln!(out, "path = {}", keys::toml_string(&l.ws_path));
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use crate::error::{ConfigError, ConfigErrors, Location};
 use crate::keys;
 use crate::load::Origins;
-use crate::model::{Config, MAX_PACKET_SIZE_LIMIT};
+use crate::model::{Config, ListenerConfig, MAX_PACKET_SIZE_LIMIT};
 
 impl Config {
     /// Checks every rule the loader checks, for a `Config` built in code.
@@ -74,6 +74,11 @@ pub(crate) fn check(
         "mqtt.connect_timeout",
         !m.connect_timeout.is_zero(),
         "must be longer than zero, or no client could ever connect",
+    );
+    v.rule(
+        "mqtt.handshake_timeout",
+        !m.handshake_timeout.is_zero(),
+        "must be longer than zero, or no TLS or WebSocket client could ever connect",
     );
     v.rule(
         "mqtt.max_topic_levels",
@@ -145,6 +150,13 @@ impl Validator<'_> {
                         .to_owned(),
                 });
             }
+            for problem in transport_problems(l) {
+                self.errors.push(ConfigError::Invalid {
+                    subject: format!("listener `{}` ({})", l.name, l.protocol),
+                    at: at.clone(),
+                    problem,
+                });
+            }
             for (j, earlier) in listeners[..i].iter().enumerate() {
                 let earlier_at = self
                     .listener_at(j)
@@ -172,6 +184,68 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// What is wrong with a listener's TLS and WebSocket settings for its protocol. The
+/// files themselves are read by the broker before it binds (the config stays pure).
+fn transport_problems(l: &ListenerConfig) -> Vec<String> {
+    let t = &l.tls;
+    let mut problems = Vec::new();
+    if l.protocol.is_tls() {
+        for (key, file) in [("certfile", &t.certfile), ("keyfile", &t.keyfile)] {
+            if file.is_none() {
+                problems.push(format!(
+                    "`{key}` is required on a TLS listener (a PEM file with the server's {})",
+                    if key == "certfile" {
+                        "certificate chain"
+                    } else {
+                        "private key"
+                    }
+                ));
+            }
+        }
+        if t.require_certificate && t.cafile.is_none() {
+            problems.push(
+                "`require_certificate` needs `cafile`: the CA that client certificates must \
+                 chain to"
+                    .to_owned(),
+            );
+        }
+        if t.use_identity_as_username && t.cafile.is_none() {
+            problems.push(
+                "`use_identity_as_username` needs `cafile` (and usually `require_certificate \
+                 true`): without it no client certificate can be verified"
+                    .to_owned(),
+            );
+        }
+    } else {
+        let set: Vec<&str> = [
+            ("cafile", t.cafile.is_some()),
+            ("certfile", t.certfile.is_some()),
+            ("keyfile", t.keyfile.is_some()),
+            ("require_certificate", t.require_certificate),
+            ("use_identity_as_username", t.use_identity_as_username),
+        ]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+        if !set.is_empty() {
+            problems.push(format!(
+                "{} set on a listener without TLS: use protocol `mqtts` or `wss`",
+                set.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if l.protocol.is_websocket() && !l.ws_path.starts_with('/') {
+        problems.push(format!(
+            "WebSocket `path` `{}` must start with `/`",
+            l.ws_path
+        ));
+    }
+    problems
 }
 
 /// Why two listeners cannot both bind, if they cannot. Port 0 (ephemeral) never

@@ -82,25 +82,80 @@ impl From<DecodeError> for Close {
     }
 }
 
+/// What the listener knows about a connection before its CONNECT: where it comes
+/// from, which listener took it, and the transport's verified identity.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    /// The listener's name, for logs.
+    pub listener: Arc<str>,
+    /// The subject Common Name of the client certificate verified by TLS, if any.
+    pub cert_cn: Option<String>,
+    /// The listener's `use_identity_as_username`: `cert_cn` replaces the CONNECT's
+    /// username, and a client without one is refused (Not Authorized), as in
+    /// Mosquitto.
+    pub use_identity_as_username: bool,
+    /// The listener's `allow_anonymous`, overriding the broker-wide setting.
+    pub allow_anonymous: Option<bool>,
+}
+
+impl From<SocketAddr> for ConnectionInfo {
+    /// A plain connection with no listener settings (in-process tests).
+    fn from(peer: SocketAddr) -> ConnectionInfo {
+        ConnectionInfo {
+            peer,
+            listener: Arc::from(""),
+            cert_cn: None,
+            use_identity_as_username: false,
+            allow_anonymous: None,
+        }
+    }
+}
+
+/// Applies `use_identity_as_username`: the certificate's CN becomes the username
+/// (the client's own username and password are not used). Returns whether the
+/// client is authenticated by its certificate.
+fn apply_identity(
+    connect: &mut Connect,
+    info: &ConnectionInfo,
+) -> Result<bool, handshake::Refused> {
+    if !info.use_identity_as_username {
+        return Ok(false);
+    }
+    match &info.cert_cn {
+        Some(cn) => {
+            connect.username = Some(ByteString::from(cn.as_str()));
+            Ok(true)
+        }
+        None => Err(handshake::Refused(ReasonCode::NOT_AUTHORIZED)),
+    }
+}
+
 /// Serves one accepted socket until it closes.
-pub async fn serve<S>(mut stream: S, peer: SocketAddr, broker: Broker)
+pub async fn serve<S>(mut stream: S, info: impl Into<ConnectionInfo>, broker: Broker)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let info = info.into();
+    let peer = info.peer;
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
-    let connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
+    let mut connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
         Some(c) => c,
         None => return,
     };
     let cfg = broker.mqtt().clone();
-    let accepted = match handshake::accept(&connect, &cfg, cfg.allow_anonymous) {
+    let anonymous = info.allow_anonymous.unwrap_or(cfg.allow_anonymous);
+    let accepted = match apply_identity(&mut connect, &info)
+        .and_then(|by_cert| handshake::accept(&connect, &cfg, anonymous || by_cert))
+    {
         Ok(a) => a,
         Err(refused) => {
-            tracing::info!(client_id = %connect.client_id, addr = %peer, reason = %refused.0, "connection refused");
+            tracing::info!(client_id = %connect.client_id, addr = %peer, listener = %info.listener, reason = %refused.0, "connection refused");
             let ack = handshake::refusal(connect.protocol, refused);
             let mut out = BytesMut::new();
             if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
                 let _ = stream.write_all(&out).await;
+                let _ = stream.flush().await;
             }
             return;
         }
@@ -117,6 +172,8 @@ where
     tracing::info!(
         client_id = %accepted.client_id,
         addr = %peer,
+        listener = %info.listener,
+        username = connect.username.as_deref().unwrap_or(""),
         protocol = ?connect.protocol,
         clean_start = accepted.clean_start,
         keep_alive = accepted.keep_alive,
@@ -181,6 +238,10 @@ where
     loop {
         // Judge the packet type from the fixed header alone, before parsing a body
         // whose format depends on a protocol version not negotiated yet.
+        if looks_like_http(rbuf) {
+            tracing::warn!(addr = %peer, "closing connection: an HTTP request on an MQTT listener (first packet is not CONNECT [MQTT-3.1.0-1])");
+            return None;
+        }
         if let Ok(Some(info)) = ferromq_codec::check(rbuf, max)
             && info.packet_type != 1
         {
@@ -218,6 +279,7 @@ where
                 let mut out = BytesMut::new();
                 if ferromq_codec::encode(&Packet::ConnAck(ack), version, &mut out).is_ok() {
                     let _ = stream.write_all(&out).await;
+                    let _ = stream.flush().await;
                 }
                 return None;
             }
@@ -247,6 +309,23 @@ where
             Ok(n) => Stats::add(&broker.stats().bytes_received, n as u64),
         }
     }
+}
+
+/// Whether the first bytes are an HTTP request line (`GET /`, `POST /`, ...): a
+/// browser or a WebSocket client pointed at a plain MQTT port. A CONNECT starts
+/// with 0x10, never with an ASCII letter.
+fn looks_like_http(rbuf: &[u8]) -> bool {
+    const METHODS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+        b"CONNECT ",
+    ];
+    METHODS.iter().any(|m| rbuf.starts_with(m))
 }
 
 struct Connection {
@@ -300,8 +379,13 @@ impl Connection {
             }
             self.drain_session();
             if !self.wbuf.is_empty() {
+                // The flush matters for TLS and WebSocket streams, which may hold
+                // bytes back until flushed; on TCP it is a no-op.
                 let written = tokio::select! {
-                    r = stream.write_all(&self.wbuf) => r,
+                    r = async {
+                        stream.write_all(&self.wbuf).await?;
+                        stream.flush().await
+                    } => r,
                     _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
                     _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
                 };
