@@ -32,6 +32,9 @@ use crate::router::{Router, Subscriber};
 use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord};
 use crate::stats::Stats;
 
+mod inspect;
+pub use inspect::{SessionSnapshot, SubscriptionSnapshot};
+
 /// How long a new connection waits for the connection it takes over to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -389,13 +392,20 @@ impl Broker {
         let mut deliveries = Vec::new();
         self.shared.router.read().route(&message, &mut deliveries);
         let matched = deliveries.len();
-        if matched == 0 {
+        // `$SYS` statistics nobody subscribed to are not a lost message.
+        if matched == 0 && !message.topic.starts_with("$SYS/") {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
         }
         for (session, delivery) in deliveries {
-            if let Err(DropReason::QueueFull) = session.deliver(delivery) {
-                Stats::add(&self.shared.stats.dropped_queue_full, 1);
-                tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+            match session.deliver(delivery) {
+                Err(DropReason::QueueFull) => {
+                    Stats::add(&self.shared.stats.dropped_queue_full, 1);
+                    tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+                }
+                Err(DropReason::OfflineQos0) => {
+                    Stats::add(&self.shared.stats.dropped_offline_qos0, 1);
+                }
+                Err(DropReason::Expired) | Ok(()) => {}
             }
         }
         matched

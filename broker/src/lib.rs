@@ -19,11 +19,18 @@
 //! - [`message`]: the shared, reference-counted application message.
 //! - [`sys`]: `$SYS/broker/...` statistics.
 //! - [`stats`]: broker-wide counters.
+//! - [`metrics`]: the Prometheus registry and every metric family.
+//! - [`http`]: the operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, the
+//!   admin API.
+//! - [`ctl`]: `ferromq ctl`, the command-line client of the admin API.
 #![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod connection;
+pub mod ctl;
+pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod retained;
 pub mod router;
 pub mod server;

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferromq_config::{Config, ListenerConfig, ListenerProtocol};
 use serde::Serialize;
@@ -20,6 +20,8 @@ use tokio::sync::Semaphore;
 
 use crate::broker::Broker;
 use crate::connection;
+use crate::http::{HttpState, Readiness};
+use crate::metrics::Metrics;
 
 /// How long shutdown waits for connections to close before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -32,6 +34,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind the HTTP listener on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
         path: String,
@@ -50,6 +59,10 @@ pub struct BoundListener {
 pub struct Server {
     broker: Broker,
     listeners: Vec<(ListenerConfig, TcpListener)>,
+    /// The operators' HTTP listener (`http.enabled`), see [`crate::http`].
+    http: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
 }
 
 fn protocol_name(p: &ListenerProtocol) -> &'static str {
@@ -72,17 +85,39 @@ impl Server {
                 })?;
             listeners.push((l.clone(), socket));
         }
+        let http = if config.http.enabled {
+            let addr = config.http.listen;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindHttp { addr, source })?,
+            )
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new(
+            config.listeners.iter().map(|l| l.name.clone()).collect(),
+        )?);
         Ok(Server {
             broker: Broker::new(config),
             listeners,
+            http,
+            metrics,
+            readiness: Arc::new(Readiness::default()),
         })
+    }
+
+    /// What `/readyz` reports; the store and the cluster layer set their checks here.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The addresses actually bound (port 0 resolved): the MQTT listeners, then the
+    /// HTTP listener as `{"name":"http","protocol":"http"}`.
     pub fn bound(&self) -> Vec<BoundListener> {
         self.listeners
             .iter()
@@ -93,6 +128,13 @@ impl Server {
                     addr: l.local_addr().ok()?,
                 })
             })
+            .chain(self.http.as_ref().and_then(|l| {
+                Some(BoundListener {
+                    name: "http".to_owned(),
+                    protocol: "http",
+                    addr: l.local_addr().ok()?,
+                })
+            }))
             .collect()
     }
 
@@ -114,12 +156,28 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains connections.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
+        let bound = self.bound();
+        // The HTTP side outlives the MQTT drain, so /readyz reports it (503).
+        let http_stop = tokio_util::sync::CancellationToken::new();
+        let http_task = self.http.map(|listener| {
+            let state = Arc::new(HttpState {
+                broker: broker.clone(),
+                metrics: self.metrics.clone(),
+                readiness: self.readiness.clone(),
+                config: broker.config().http.clone(),
+                listeners: bound,
+                started_at: SystemTime::now(),
+            });
+            tokio::spawn(crate::http::serve(listener, state, http_stop.clone()))
+        });
         for (cfg, listener) in self.listeners {
             tokio::spawn(accept_loop(cfg, listener, broker.clone()));
         }
+        self.readiness.set_listeners_bound(true);
         crate::sys::spawn(&broker);
         shutdown.await;
         tracing::info!("shutting down");
+        self.readiness.set_draining(true);
         broker.shutdown_token().cancel();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
@@ -127,6 +185,10 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown grace period over with connections still open");
+        }
+        http_stop.cancel();
+        if let Some(task) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
     }
 }
@@ -162,8 +224,9 @@ async fn accept_loop(cfg: ListenerConfig, listener: TcpListener, broker: Broker)
         };
         let _ = socket.set_nodelay(true);
         let b = broker.clone();
+        let name = name.clone();
         broker.tasks().spawn(async move {
-            connection::serve(socket, peer, b).await;
+            connection::serve_on(socket, peer, name, b).await;
             drop(permit);
         });
     }

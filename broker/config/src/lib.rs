@@ -48,7 +48,7 @@ pub use env::{LISTEN_VAR, NOT_BROKER_CONFIG};
 pub use error::{ConfigError, ConfigErrors, Location, UnsupportedFeature};
 pub use load::{CliOverrides, FileFormat, load, load_from_process_env, load_str};
 pub use model::{
-    Config, DEFAULT_PORT, ListenerConfig, ListenerProtocol, LogConfig, LogFormat,
+    Config, DEFAULT_PORT, HttpConfig, ListenerConfig, ListenerProtocol, LogConfig, LogFormat,
     MAX_PACKET_SIZE_LIMIT, MqttConfig, ParseLogFormatError, PersistenceConfig, SysConfig,
 };
 

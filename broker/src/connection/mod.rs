@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::broker::{Broker, PendingWill};
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing};
-use crate::session::{Link, Session};
-use crate::stats::Stats;
+use crate::session::{ConnectionInfo, Link, Session};
+use crate::stats::{DisconnectReason, Stats};
 use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use handshake::Accepted;
 
@@ -76,8 +76,16 @@ impl From<DecodeError> for Close {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve<S>(mut stream: S, peer: SocketAddr, broker: Broker)
+/// Serves one accepted socket until it closes (listener name `default` in metrics).
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Broker)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_on(stream, peer, Arc::from("default"), broker).await
+}
+
+/// Serves one socket accepted on the listener named `listener` until it closes.
+pub async fn serve_on<S>(mut stream: S, peer: SocketAddr, listener: Arc<str>, broker: Broker)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -91,6 +99,12 @@ where
         Ok(a) => a,
         Err(refused) => {
             tracing::info!(client_id = %connect.client_id, addr = %peer, reason = %refused.0, "connection refused");
+            if matches!(
+                refused.0,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::NOT_AUTHORIZED
+            ) {
+                Stats::add(&broker.stats().auth_failures, 1);
+            }
             let ack = handshake::refusal(connect.protocol, refused);
             let mut out = BytesMut::new();
             if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
@@ -118,6 +132,16 @@ where
         "client connected"
     );
     broker.stats().client_connected();
+    broker
+        .stats()
+        .connection_opened(&listener, connect.protocol);
+    let _ = opened.link.info.set(ConnectionInfo {
+        addr: peer,
+        listener: listener.clone(),
+        protocol: connect.protocol,
+        keep_alive: accepted.keep_alive,
+        connected_at: std::time::SystemTime::now(),
+    });
 
     let mut conn = Connection {
         broker: broker.clone(),
@@ -147,8 +171,12 @@ where
     }
 
     let close = conn.run(&mut stream, rbuf).await;
+    let reason = disconnect_reason(&close);
     conn.finish(&mut stream, close, will).await;
     broker.stats().client_disconnected();
+    broker
+        .stats()
+        .connection_closed(&listener, connect.protocol, reason);
 }
 
 /// Reads the first packet, which must be a CONNECT [MQTT-3.1.0-1], within the connect
@@ -413,6 +441,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        self.broker.stats().publish_in(p.qos, p.payload.len());
         Stats::add(&self.broker.stats().publish_received, 1);
         Stats::add(
             &self.broker.stats().publish_bytes_received,
@@ -516,6 +545,7 @@ impl Connection {
             );
             matched = self.broker.publish(message);
         } else if too_big {
+            Stats::add(&self.broker.stats().dropped_payload_too_large, 1);
             tracing::info!(client_id = %self.session.client_id, "PUBLISH payload above message_size_limit dropped");
         }
         let reason = if too_big {
@@ -728,6 +758,14 @@ impl Connection {
                     }
                 }
                 Stats::add(&self.broker.stats().publish_sent, 1);
+                self.broker
+                    .stats()
+                    .publish_out(publish.qos, publish.payload.len());
+                // Publish-to-delivery latency; not for retained messages sent because
+                // of a SUBSCRIBE (their age is storage time) nor for resends.
+                if !dup && !delivery.retain {
+                    crate::metrics::observe_delivery(msg.received_at.elapsed());
+                }
                 Stats::add(
                     &self.broker.stats().publish_bytes_sent,
                     publish.payload.len() as u64,
@@ -811,6 +849,21 @@ impl Connection {
         tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
         self.broker
             .close_connection(&self.session, &self.link, will, self.session_expiry);
+    }
+}
+
+/// The `reason` label of `ferromq_disconnects_total` for a close.
+fn disconnect_reason(close: &Close) -> DisconnectReason {
+    match close {
+        Close::ClientDisconnect { .. } => DisconnectReason::Client,
+        Close::Network(_) => DisconnectReason::Network,
+        Close::KeepAlive => DisconnectReason::KeepAlive,
+        Close::Protocol { .. } => DisconnectReason::ProtocolError,
+        Close::Kicked(reason) if *reason == ReasonCode::SESSION_TAKEN_OVER => {
+            DisconnectReason::TakenOver
+        }
+        Close::Kicked(_) => DisconnectReason::Administrative,
+        Close::Shutdown => DisconnectReason::Shutdown,
     }
 }
 
