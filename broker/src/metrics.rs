@@ -34,6 +34,7 @@
 //! `ferromq_messages_queued`, `ferromq_packets_{received,sent}_total`,
 //! `ferromq_network_{received,sent}_bytes_total`,
 //! `ferromq_delivery_latency_seconds`, `ferromq_storage_size_bytes`,
+//! `ferromq_storage_available_bytes`, `ferromq_storage_capacity_bytes`,
 //! `ferromq_storage_flush_seconds`, `process_*`.
 
 use std::path::Path;
@@ -129,6 +130,8 @@ pub struct Metrics {
     network_received: IntCounter,
     network_sent: IntCounter,
     storage_size: IntGauge,
+    storage_available: IntGauge,
+    storage_capacity: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -376,6 +379,20 @@ impl Metrics {
                     "Size of the data directory on disk.",
                 )?,
             )?,
+            storage_available: reg(
+                r,
+                IntGauge::new(
+                    "ferromq_storage_available_bytes",
+                    "Bytes available to the broker on the file system of the data directory.",
+                )?,
+            )?,
+            storage_capacity: reg(
+                r,
+                IntGauge::new(
+                    "ferromq_storage_capacity_bytes",
+                    "Size of the file system holding the data directory.",
+                )?,
+            )?,
             scrape: Mutex::new(()),
             registry,
         };
@@ -476,8 +493,12 @@ impl Metrics {
         mirror(&self.packets_sent, Stats::get(&s.packets_sent));
         mirror(&self.network_received, Stats::get(&s.bytes_received));
         mirror(&self.network_sent, Stats::get(&s.bytes_sent));
-        self.storage_size
-            .set(dir_size(&broker.config().persistence.path) as i64);
+        let data = &broker.config().persistence.path;
+        self.storage_size.set(dir_size(data) as i64);
+        if let Some((available, capacity)) = fs_space(data) {
+            self.storage_available.set(available as i64);
+            self.storage_capacity.set(capacity as i64);
+        }
     }
 }
 
@@ -504,6 +525,26 @@ pub fn dir_size(path: &Path) -> u64 {
         entries.flatten().map(|e| walk(&e.path(), depth + 1)).sum()
     }
     walk(path, 0)
+}
+
+/// (available, total) bytes of the file system holding `path`, or of its nearest
+/// existing ancestor (the data directory may not exist yet).
+#[cfg(unix)]
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    let existing = path
+        .ancestors()
+        .find(|p| !p.as_os_str().is_empty() && p.exists())
+        .unwrap_or(Path::new("."));
+    let st = rustix::fs::statvfs(existing).ok()?;
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+#[cfg(not(unix))]
+pub fn fs_space(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 #[cfg(test)]
@@ -551,6 +592,8 @@ mod tests {
         std::fs::write(dir.join("x"), [0u8; 100]).unwrap();
         std::fs::write(dir.join("a/b/y"), [0u8; 23]).unwrap();
         assert_eq!(dir_size(&dir), 123);
+        let (available, capacity) = fs_space(&dir.join("not/yet")).unwrap();
+        assert!(capacity > 0 && available <= capacity);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
