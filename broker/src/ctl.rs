@@ -40,13 +40,13 @@ const EX_UNAVAILABLE: u8 = 69;
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// Base URL of the broker's HTTP listener [env: FERROMQ_CTL_URL; default http://127.0.0.1:8080].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub url: Option<String>,
     /// Bearer token for the admin API [env: FERROMQ_HTTP_TOKEN].
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
     /// Print the API's JSON instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: CtlCommand,
