@@ -33,6 +33,9 @@ use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord}
 use crate::stats::Stats;
 use crate::store::{Loaded, Store};
 
+mod inspect;
+pub use inspect::{SessionSnapshot, SubscriptionSnapshot};
+
 /// How long a new connection waits for the connection it takes over to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -462,7 +465,8 @@ impl Broker {
         let mut deliveries = Vec::new();
         self.shared.router.read().route(&message, &mut deliveries);
         outcome.matched = deliveries.len();
-        if outcome.matched == 0 {
+        // `$SYS` statistics nobody subscribed to are not a lost message.
+        if outcome.matched == 0 && !message.topic.starts_with("$SYS/") {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
         }
         for (session, delivery) in deliveries {
@@ -474,7 +478,10 @@ impl Broker {
                     tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
                 }
                 Err(DropReason::StoreFailed) => outcome.store_failed = true,
-                Err(_) => {}
+                Err(DropReason::OfflineQos0) => {
+                    Stats::add(&self.shared.stats.dropped_offline_qos0, 1);
+                }
+                Err(DropReason::Expired) => {}
             }
         }
         outcome

@@ -24,11 +24,18 @@
 //! - [`tls`]: rustls server configs from PEM files, client certificates, reloads.
 //! - [`ws`]: the WebSocket upgrade and the byte-stream adapter over its messages.
 //! - [`reload`]: SIGHUP and file-change reloads.
+//! - [`metrics`]: the Prometheus registry and every metric family.
+//! - [`http`]: the operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, the
+//!   admin API.
+//! - [`ctl`]: `ferromq ctl`, the command-line client of the admin API.
 #![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod connection;
+pub mod ctl;
+pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod reload;
 pub mod retained;
 pub mod router;

@@ -6,12 +6,14 @@
 //! missing or unusable, 74 (`EX_IOERR`) when the data directory cannot be used (a
 //! newer format, a corrupt store: nothing is overwritten), 1 when a listener cannot be
 //! bound or the runtime fails. SIGHUP reloads certificates (see `ferromq::reload`).
+//!
+//! `ferromq ctl ...` is the admin API's command-line client instead ([`ferromq::ctl`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ferromq::Server;
 use ferromq_config::{CliOverrides, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -20,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "ferromq", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file: `*.toml` (native) or a mosquitto.conf-style file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -38,6 +42,20 @@ struct Cli {
     /// Write the bound listener addresses as JSON to this file once ready.
     #[arg(long = "ready-file", value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Address of the operators' HTTP listener (/metrics, /healthz, /readyz, admin
+    /// API); the last one given wins.
+    #[arg(
+        long = "http-listen",
+        value_name = "ADDR",
+        overrides_with = "http_listen"
+    )]
+    http_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Talk to a running broker's admin API (status, clients, kick, retained, ...).
+    Ctl(ferromq::ctl::CtlArgs),
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -54,11 +72,15 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ferromq::ctl::run(args);
+    }
     let overrides = CliOverrides {
         listen: cli.listen.clone(),
         data_dir: cli.data_dir.clone(),
         log_level: cli.log_level.clone(),
         log_format: cli.log_format,
+        http_listen: cli.http_listen,
     };
     let config = match ferromq_config::load_from_process_env(cli.config.as_deref(), &overrides) {
         Ok(c) => c,

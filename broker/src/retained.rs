@@ -33,6 +33,11 @@ impl RetainedStore {
         }
     }
 
+    /// The retained message of `topic`, if it has one that has not expired.
+    pub fn get(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
+        self.tree.get(topic).filter(|m| !m.is_expired(now)).cloned()
+    }
+
     /// Retained messages matching `filter` that have not expired.
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let mut out = Vec::new();

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferromq_config::{Config, ListenerProtocol};
 use serde::Serialize;
@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::broker::Broker;
+use crate::http::{HttpState, Readiness};
+use crate::metrics::Metrics;
 use crate::tls::{TlsContext, TlsErrors};
 use crate::transport::{self, Listener};
 
@@ -35,6 +37,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind the HTTP listener on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
         path: String,
@@ -71,6 +80,10 @@ pub struct Server {
     listeners: Vec<(Arc<Listener>, TcpListener)>,
     /// Every TLS listener's certificates, for reloads.
     tls: Vec<Arc<TlsContext>>,
+    /// The operators' HTTP listener (`http.enabled`), see [`crate::http`].
+    http: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
 }
 
 fn protocol_name(p: &ListenerProtocol) -> &'static str {
@@ -127,27 +140,49 @@ impl Server {
         let broker = match store {
             Some((store, loaded)) => {
                 tracing::info!(path = %store.path().display(), durability = store.durability().as_str(), "store opened");
-                let broker = Broker::new(config, Some(store));
+                let broker = Broker::new(config.clone(), Some(store));
                 broker.restore(loaded);
                 broker
             }
             None => {
                 tracing::info!("persistence disabled: state is kept in memory only");
-                Broker::new(config, None)
+                Broker::new(config.clone(), None)
             }
         };
+        let http = if config.http.enabled {
+            let addr = config.http.listen;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindHttp { addr, source })?,
+            )
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new(
+            config.listeners.iter().map(|l| l.name.clone()).collect(),
+        )?);
         Ok(Server {
             broker,
             listeners,
             tls: contexts.into_iter().flatten().collect(),
+            http,
+            metrics,
+            readiness: Arc::new(Readiness::default()),
         })
+    }
+
+    /// What `/readyz` reports; the store and the cluster layer set their checks here.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The addresses actually bound (port 0 resolved): the MQTT listeners, then the
+    /// HTTP listener as `{"name":"http","protocol":"http"}`.
     pub fn bound(&self) -> Vec<BoundListener> {
         self.listeners
             .iter()
@@ -159,6 +194,13 @@ impl Server {
                     addr: l.local_addr().ok()?,
                 })
             })
+            .chain(self.http.as_ref().and_then(|l| {
+                Some(BoundListener {
+                    name: "http".to_owned(),
+                    protocol: "http",
+                    addr: l.local_addr().ok()?,
+                })
+            }))
             .collect()
     }
 
@@ -180,10 +222,25 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains connections.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let broker = self.broker.clone();
+        let bound = self.bound();
+        // The HTTP side outlives the MQTT drain, so /readyz reports it (503).
+        let http_stop = tokio_util::sync::CancellationToken::new();
+        let http_task = self.http.map(|listener| {
+            let state = Arc::new(HttpState {
+                broker: broker.clone(),
+                metrics: self.metrics.clone(),
+                readiness: self.readiness.clone(),
+                config: broker.config().http.clone(),
+                listeners: bound,
+                started_at: SystemTime::now(),
+            });
+            tokio::spawn(crate::http::serve(listener, state, http_stop.clone()))
+        });
         for (l, listener) in self.listeners {
             tokio::spawn(accept_loop(l, listener, broker.clone()));
         }
         crate::reload::spawn(self.tls, broker.shutdown_token().clone());
+        self.readiness.set_listeners_bound(true);
         crate::sys::spawn(&broker);
         let flusher_stop = tokio_util::sync::CancellationToken::new();
         let flusher = broker
@@ -192,6 +249,7 @@ impl Server {
             .map(|store| tokio::spawn(store.run_flusher(flusher_stop.clone())));
         shutdown.await;
         tracing::info!("shutting down");
+        self.readiness.set_draining(true);
         broker.shutdown_token().cancel();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
@@ -204,6 +262,10 @@ impl Server {
         flusher_stop.cancel();
         if let Some(f) = flusher {
             let _ = f.await;
+        }
+        http_stop.cancel();
+        if let Some(task) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
     }
 }

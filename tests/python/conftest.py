@@ -153,8 +153,10 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
     conf.write_text(config)
     ready = workdir / "ready.json"
     logf = open(log_path, "wb")
+    # The operators' HTTP listener defaults to 127.0.0.1:8080; tests run many brokers
+    # at once, so it gets an ephemeral port too (a later --http-listen in `args` wins).
     cmd = [str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
-           "--data-dir", str(workdir / "data")] + (args or [])
+           "--data-dir", str(workdir / "data"), "--http-listen", "127.0.0.1:0"] + (args or [])
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir)
 
     def is_ready():
@@ -179,6 +181,17 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
     mqtt = [l for l in info["listeners"] if l["protocol"] == "mqtt"] or info["listeners"]
     host, port = mqtt[0]["addr"].rsplit(":", 1)
     return Broker(proc, workdir, host, int(port), info["listeners"], log_path)
+
+
+def http_url(broker: Broker) -> str:
+    """Base URL of a broker's operators' HTTP listener (from its ready file)."""
+    http = [l for l in broker.listeners if l["protocol"] == "http"]
+    if not http:
+        raise RuntimeError(f"no http listener in {broker.listeners}")
+    host, port = http[0]["addr"].rsplit(":", 1)
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def full_disk_broker():
     ready = root / "ready.json"
     log = open(root / "broker.log", "wb")
     proc = subprocess.Popen([str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
-                             "--data-dir", str(mnt / "data")], stdout=log, stderr=subprocess.STDOUT)
+                             "--data-dir", str(mnt / "data"), "--http-listen", "127.0.0.1:0"], stdout=log, stderr=subprocess.STDOUT)
     try:
         info = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), 20, what="ready file")
         host, port = info["listeners"][0]["addr"].rsplit(":", 1)

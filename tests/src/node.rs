@@ -198,7 +198,12 @@ impl TestNode {
                 .arg("--ready-file")
                 .arg(&ready_path)
                 .arg("--data-dir")
-                .arg(&data_dir);
+                .arg(&data_dir)
+                // The operators' HTTP listener defaults to 127.0.0.1:8080; many
+                // nodes run at once, so it gets an ephemeral port (a later
+                // `--http-listen` in `extra_args` wins).
+                .arg("--http-listen")
+                .arg("127.0.0.1:0");
             (bin, cmd, None)
         };
         cmd.args(&launch.extra_args)
@@ -316,6 +321,14 @@ impl TestNode {
             .find(|l| l.protocol == protocol)
             .map(|l| l.addr)
             .unwrap_or_else(|| panic!("no {protocol} listener in {:?}", self.listeners))
+    }
+
+    /// The operators' HTTP listener (`/metrics`, `/healthz`, admin API), if bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.protocol == "http")
+            .map(|l| l.addr)
     }
 
     /// Every listener from the ready file.

@@ -253,7 +253,10 @@ impl Broker {
         cmd.arg("-c")
             .arg(&self.config_path)
             .arg("--ready-file")
-            .arg(&ready);
+            .arg(&ready)
+            // Many brokers run at once: the operators' HTTP port must not collide.
+            .arg("--http-listen")
+            .arg("127.0.0.1:0");
         if self.data_dir_arg {
             cmd.arg("--data-dir").arg(&self.data_dir);
         }

@@ -21,8 +21,9 @@ pub const LISTEN_VAR: &str = "FERROMQ_LISTEN";
 
 /// `FERROMQ_*` variables (exact names, or prefixes ending in `_`) that configure tools
 /// around the broker, not the broker, and are therefore ignored:
-/// `FERROMQ_BIN` and `FERROMQ_TEST_*` are read by `tests/python`.
-pub const NOT_BROKER_CONFIG: &[&str] = &["FERROMQ_BIN", "FERROMQ_TEST_"];
+/// `FERROMQ_BIN` and `FERROMQ_TEST_*` are read by `tests/python`, `FERROMQ_CTL_*` by
+/// `ferromq ctl`.
+pub const NOT_BROKER_CONFIG: &[&str] = &["FERROMQ_BIN", "FERROMQ_TEST_", "FERROMQ_CTL_"];
 
 const LISTEN_EXPECTED: &str =
     "a comma-separated list of IP addresses with ports, such as \"0.0.0.0:1883,[::]:1883\"";

@@ -6,6 +6,7 @@
 //! reader and the commented TOML renderer all go through [`KEYS`], so a key added here
 //! is accepted, overridable and documented everywhere at once.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -135,6 +136,30 @@ impl FieldType for Option<u32> {
     }
     fn render(&self) -> String {
         self.unwrap_or(0).to_string()
+    }
+}
+
+/// Only `http.token` has this type: the empty string means "none", because TOML and
+/// the environment cannot spell `None`.
+impl FieldType for Option<String> {
+    const EXPECTED: &'static str = "a string (empty for none)";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        let s = raw.string()?;
+        Some((!s.is_empty()).then(|| s.to_owned()))
+    }
+    fn render(&self) -> String {
+        toml_string(self.as_deref().unwrap_or(""))
+    }
+}
+
+impl FieldType for SocketAddr {
+    const EXPECTED: &'static str =
+        "an IP address and port such as \"127.0.0.1:8080\" (host names are not resolved)";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        raw.string().and_then(|s| s.trim().parse().ok())
+    }
+    fn render(&self) -> String {
+        toml_string(&self.to_string())
     }
 }
 
@@ -294,7 +319,7 @@ impl KeySpec {
 }
 
 /// The TOML sections holding scalar keys, in rendering order, with their docs.
-pub(crate) const SECTIONS: [(&str, &str); 4] = [
+pub(crate) const SECTIONS: [(&str, &str); 5] = [
     (
         "mqtt",
         "Protocol limits and behaviour, shared by every listener.",
@@ -306,6 +331,13 @@ pub(crate) const SECTIONS: [(&str, &str); 4] = [
     ),
     ("sys", "$SYS statistics topics."),
     ("log", "Logging."),
+    (
+        "http",
+        "The operators' HTTP listener: /metrics (Prometheus), /healthz, /readyz and the\n\
+         admin API (/api/v1/...). /metrics and the health checks are open to every peer;\n\
+         the admin API needs `Authorization: Bearer <token>` from any peer that is not a\n\
+         trusted loopback peer, and is refused (403) to such peers when no token is set.",
+    ),
 ];
 
 macro_rules! key {
@@ -398,6 +430,15 @@ pub(crate) static KEYS: &[KeySpec] = &[
          \"info,ferromq=debug\"."),
     key!("log", "format", log.format: LogFormat, None,
         "\"text\" for people, \"json\" for log collectors."),
+    key!("http", "enabled", http.enabled: bool, None,
+        "Serve the HTTP listener."),
+    key!("http", "listen", http.listen: SocketAddr, None,
+        "Address of the HTTP listener. Loopback only by default; binding beyond loopback\n\
+         without a token leaves the admin API closed to remote peers. Also --http-listen."),
+    key!("http", "token", http.token: Option<String>, None,
+        "Bearer token for the admin API from non-loopback peers; empty for none."),
+    key!("http", "trust_loopback", http.trust_loopback: bool, None,
+        "Let loopback peers use the admin API without the token."),
 ];
 
 /// The scalar key `section.name`, if there is one.

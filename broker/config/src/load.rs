@@ -22,6 +22,8 @@ pub struct CliOverrides {
     pub log_level: Option<String>,
     /// `--log-format FORMAT`: sets `log.format`.
     pub log_format: Option<LogFormat>,
+    /// `--http-listen ADDR`: sets `http.listen`.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// How a config file is read.
@@ -195,6 +197,10 @@ impl Builder {
             self.config.log.format = format;
             self.mark("log.format", Location::cli("--log-format"));
         }
+        if let Some(addr) = cli.http_listen {
+            self.config.http.listen = addr;
+            self.mark("http.listen", Location::cli("--http-listen"));
+        }
     }
 
     fn finish(mut self) -> Result<Config, ConfigErrors> {
@@ -207,6 +213,15 @@ impl Builder {
         if self.errors.is_empty() {
             if self.origins.listeners.iter().all(Option::is_none) {
                 self.notes.extend(self.pending_default_listener_note);
+            }
+            let http = &self.config.http;
+            if http.enabled && !http.listen.ip().is_loopback() && http.token.is_none() {
+                self.notes.push(format!(
+                    "http.listen = {} is not loopback and http.token is not set: the admin \
+                     API is refused (403) to non-loopback peers; /metrics, /healthz and \
+                     /readyz are open to them",
+                    http.listen
+                ));
             }
             self.config.notes = self.notes;
             Ok(self.config)

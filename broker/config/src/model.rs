@@ -30,6 +30,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The operators' HTTP listener: metrics, health, admin API.
+    pub http: HttpConfig,
     /// Diagnostics from loading that are not errors, such as mosquitto.conf directives
     /// that are accepted but have no effect. `main` logs each one as a warning at
     /// startup. Not configuration: never rendered, never read from a file.
@@ -47,6 +49,7 @@ impl Default for Config {
             persistence: PersistenceConfig::default(),
             sys: SysConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
             notes: Vec::new(),
         }
     }
@@ -333,6 +336,35 @@ impl Default for SysConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The operators' HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/api/v1/...`),
+/// separate from the MQTT listeners and with its own trust (STYLE.md item 11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Serve the HTTP listener at all. Default `true`.
+    pub enabled: bool,
+    /// Address to bind. Default `127.0.0.1:8080` (loopback only). Port 0 asks the OS
+    /// for an ephemeral port (the ready file reports it).
+    pub listen: SocketAddr,
+    /// Bearer token the admin API requires from peers that are not trusted loopback
+    /// peers. `None` (written as an empty string): such requests are refused (403).
+    /// `/metrics`, `/healthz` and `/readyz` never need it.
+    pub token: Option<String>,
+    /// Treat requests from a loopback peer (127.0.0.0/8, ::1) as trusted, without a
+    /// token. Default `true`; `false` makes every admin request need the token.
+    pub trust_loopback: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            token: None,
+            trust_loopback: true,
         }
     }
 }

@@ -153,6 +153,12 @@ interval = 0
 [log]
 level = "info,ferromq=debug"
 format = "json"
+
+[http]
+enabled = false
+listen = "[::1]:9100"
+token = "t0ken"
+trust_loopback = false
 "#;
 
 fn full_config() -> Config {
@@ -226,6 +232,12 @@ fn full_config() -> Config {
         log: LogConfig {
             level: "info,ferromq=debug".into(),
             format: LogFormat::Json,
+        },
+        http: HttpConfig {
+            enabled: false,
+            listen: addr("[::1]:9100"),
+            token: Some("t0ken".into()),
+            trust_loopback: false,
         },
         notes: vec![],
     }
@@ -828,6 +840,7 @@ fn precedence_is_defaults_file_env_cli() {
         data_dir: Some("/cli".into()),
         log_level: Some("trace".into()),
         log_format: Some(LogFormat::Text),
+        http_listen: Some(addr("127.0.0.1:5")),
     };
     let c = ok(load_str(path, FileFormat::Toml, file, vars, &cli));
     assert_eq!(c.mqtt.max_keepalive, 20, "untouched by the CLI");
@@ -839,6 +852,7 @@ fn precedence_is_defaults_file_env_cli() {
         }
     );
     assert_eq!(c.persistence.path, PathBuf::from("/cli"));
+    assert_eq!(c.http.listen, addr("127.0.0.1:5"));
     let binds: Vec<_> = c.listeners.iter().map(|l| l.bind).collect();
     assert_eq!(binds, [addr("127.0.0.1:3"), addr("127.0.0.1:4")]);
 
@@ -979,4 +993,48 @@ proptest! {
         let text: String = lines.iter().map(|(d, v)| format!("{d} {v}\n")).collect();
         let _ = mosquitto(&text);
     }
+}
+
+#[test]
+fn http_section_from_every_layer() {
+    let path = Path::new("ferromq.toml");
+    let c = ok(load_str(
+        path,
+        FileFormat::Toml,
+        "[http]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\ntrust_loopback = false\n",
+        NO_ENV,
+        &CliOverrides::default(),
+    ));
+    assert_eq!(c.http.listen, addr("0.0.0.0:9090"));
+    assert_eq!(c.http.token.as_deref(), Some("s3cret"));
+    assert!(!c.http.trust_loopback);
+    assert!(c.http.enabled);
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
+
+    let c = ok(load(
+        None,
+        [
+            ("FERROMQ_HTTP_LISTEN", "0.0.0.0:0"),
+            ("FERROMQ_HTTP_TOKEN", ""),
+        ],
+        &CliOverrides::default(),
+    ));
+    assert_eq!(c.http.token, None, "an empty token is no token");
+    assert!(
+        c.notes.iter().any(|n| n.contains("http.token is not set")),
+        "a non-loopback listener without a token is noted: {:?}",
+        c.notes
+    );
+
+    let e = errors(load(
+        None,
+        [
+            ("FERROMQ_HTTP_LISTEN", "localhost:80"),
+            ("FERROMQ_HTTP_TOKEN", "a b"),
+        ],
+        &CliOverrides::default(),
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("FERROMQ_HTTP_LISTEN"), "{e:?}");
+    assert!(e[1].contains("http.token"), "{e:?}");
 }

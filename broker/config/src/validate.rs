@@ -91,6 +91,15 @@ pub(crate) fn check(
         "must not be empty while persistence is enabled",
     );
     v.rule(
+        "http.token",
+        config
+            .http
+            .token
+            .as_deref()
+            .is_none_or(|t| t.bytes().all(|b| b.is_ascii_graphic())),
+        "must be printable ASCII without spaces: it is sent in an HTTP header",
+    );
+    v.rule(
         "log.level",
         log_level_ok(&config.log.level),
         "must be a level (error, warn, info, debug, trace, off) or a tracing filter \

@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::broker::{Broker, PendingWill};
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
-use crate::session::{Link, Session};
-use crate::stats::Stats;
+use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
+use crate::stats::{DisconnectReason, Stats};
 use crate::store::{Flushed, Store};
 use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use handshake::Accepted;
@@ -138,6 +138,7 @@ where
 {
     let info = info.into();
     let peer = info.peer;
+    let listener = info.listener.clone();
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
     let mut connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
         Some(c) => c,
@@ -151,6 +152,12 @@ where
         Ok(a) => a,
         Err(refused) => {
             tracing::info!(client_id = %connect.client_id, addr = %peer, listener = %info.listener, reason = %refused.0, "connection refused");
+            if matches!(
+                refused.0,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::NOT_AUTHORIZED
+            ) {
+                Stats::add(&broker.stats().auth_failures, 1);
+            }
             let ack = handshake::refusal(connect.protocol, refused);
             let mut out = BytesMut::new();
             if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
@@ -181,6 +188,16 @@ where
         "client connected"
     );
     broker.stats().client_connected();
+    broker
+        .stats()
+        .connection_opened(&listener, connect.protocol);
+    let _ = opened.link.info.set(ClientInfo {
+        addr: peer,
+        listener: listener.clone(),
+        protocol: connect.protocol,
+        keep_alive: accepted.keep_alive,
+        connected_at: std::time::SystemTime::now(),
+    });
 
     let mut conn = Connection {
         broker: broker.clone(),
@@ -217,8 +234,12 @@ where
     }
 
     let close = conn.run(&mut stream, rbuf).await;
+    let reason = disconnect_reason(&close);
     conn.finish(&mut stream, close, will).await;
     broker.stats().client_disconnected();
+    broker
+        .stats()
+        .connection_closed(&listener, connect.protocol, reason);
 }
 
 /// Reads the first packet, which must be a CONNECT [MQTT-3.1.0-1], within the connect
@@ -400,7 +421,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
+                _ = self.link.kick.cancelled() => return self.kicked(stream, &mut rbuf, max_in),
                 _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
                 read = stream.read_buf(&mut rbuf) => match read {
                     Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
@@ -426,6 +447,23 @@ impl Connection {
                 _ = tokio::time::sleep_until(deadline) => return Close::KeepAlive,
             }
         }
+    }
+
+    /// Kicked (takeover, admin): packets the client already sent are handled first,
+    /// so a DISCONNECT that raced with the takeover still discards the will
+    /// [MQTT-3.1.2-10].
+    fn kicked<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut, max_in: usize) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        use futures::FutureExt;
+        if let Some(Ok(n)) = stream.read_buf(rbuf).now_or_never()
+            && n > 0
+            && let Err(close @ Close::ClientDisconnect { .. }) = self.process_input(rbuf, max_in)
+        {
+            return close;
+        }
+        Close::Kicked(self.link.kick_reason())
     }
 
     /// Decodes and handles every complete packet in the buffer.
@@ -550,6 +588,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        self.broker.stats().publish_in(p.qos, p.payload.len());
         Stats::add(&self.broker.stats().publish_received, 1);
         Stats::add(
             &self.broker.stats().publish_bytes_received,
@@ -642,12 +681,6 @@ impl Connection {
             }
         };
         let mut generation = None;
-        if p.qos == QoS::ExactlyOnce && route {
-            // The packet id is durable before PUBREC, so a PUBLISH resent after a
-            // restart is recognised and not delivered twice [MQTT-4.3.3-9].
-            let pid = p.packet_id;
-            generation = self.store_write(|s, c| s.put_inbound(c, pid));
-        }
         let mut outcome = crate::broker::PublishOutcome {
             matched: 1,
             ..Default::default()
@@ -662,7 +695,16 @@ impl Connection {
                 Some(self.session.id),
             );
             outcome = self.broker.publish(message);
+            if p.qos == QoS::ExactlyOnce {
+                // The packet id is durable before PUBREC, so a PUBLISH resent after a
+                // restart is recognised and not delivered twice [MQTT-4.3.3-9]. It is
+                // written after the routing writes: sled recovers a prefix of its log,
+                // so a durable id implies the message it stands for is durable too.
+                let pid = p.packet_id;
+                generation = self.store_write(|s, c| s.put_inbound(c, pid));
+            }
         } else if too_big {
+            Stats::add(&self.broker.stats().dropped_payload_too_large, 1);
             tracing::info!(client_id = %self.session.client_id, "PUBLISH payload above message_size_limit dropped");
         }
         if outcome.store_failed && p.qos != QoS::AtMostOnce && !self.v5() {
@@ -998,6 +1040,14 @@ impl Connection {
                     }
                 }
                 Stats::add(&self.broker.stats().publish_sent, 1);
+                self.broker
+                    .stats()
+                    .publish_out(publish.qos, publish.payload.len());
+                // Publish-to-delivery latency; not for retained messages sent because
+                // of a SUBSCRIBE (their age is storage time) nor for resends.
+                if !dup && !delivery.retain {
+                    crate::metrics::observe_delivery(msg.received_at.elapsed());
+                }
                 Stats::add(
                     &self.broker.stats().publish_bytes_sent,
                     publish.payload.len() as u64,
@@ -1086,6 +1136,22 @@ impl Connection {
         tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
         self.broker
             .close_connection(&self.session, &self.link, will, self.session_expiry);
+    }
+}
+
+/// The `reason` label of `ferromq_disconnects_total` for a close.
+fn disconnect_reason(close: &Close) -> DisconnectReason {
+    match close {
+        Close::ClientDisconnect { .. } => DisconnectReason::Client,
+        Close::Network(_) => DisconnectReason::Network,
+        Close::KeepAlive => DisconnectReason::KeepAlive,
+        Close::Protocol { .. } => DisconnectReason::ProtocolError,
+        Close::Kicked(reason) if *reason == ReasonCode::SESSION_TAKEN_OVER => {
+            DisconnectReason::TakenOver
+        }
+        Close::Kicked(_) => DisconnectReason::Administrative,
+        Close::Shutdown => DisconnectReason::Shutdown,
+        Close::Storage => DisconnectReason::Storage,
     }
 }
 

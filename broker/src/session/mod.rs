@@ -13,10 +13,12 @@
 pub mod state;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
-use ferromq_codec::{ByteString, ReasonCode, SubscriptionOptions};
+use ferromq_codec::{ByteString, ProtocolVersion, ReasonCode, SubscriptionOptions};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,20 @@ pub struct SubscriptionRecord {
     pub identifier: Option<u32>,
 }
 
+/// Facts about the connection serving a session, for the admin API.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The listener it connected through.
+    pub listener: Arc<str>,
+    pub protocol: ProtocolVersion,
+    /// Keep alive in effect, in seconds (0 = none).
+    pub keep_alive: u16,
+    /// When the CONNECT was accepted (wall clock, for people).
+    pub connected_at: SystemTime,
+}
+
 /// The link between a session and the connection currently serving it.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -44,6 +60,8 @@ pub struct Link {
     pub kick_reason: Arc<AtomicU8>,
     /// Cancelled by the connection once it has detached from the session.
     pub detached: CancellationToken,
+    /// Set once by the connection after the session opened (admin API).
+    pub info: Arc<OnceLock<ConnectionInfo>>,
 }
 
 impl Link {
@@ -53,6 +71,7 @@ impl Link {
             kick: CancellationToken::new(),
             kick_reason: Arc::new(AtomicU8::new(ReasonCode::SESSION_TAKEN_OVER.0)),
             detached: CancellationToken::new(),
+            info: Arc::new(OnceLock::new()),
         }
     }
 

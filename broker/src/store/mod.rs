@@ -691,5 +691,7 @@ impl Store {
     }
 }
 
-/// Hook for the metrics endpoint: flush latency. A no-op until metrics are wired.
-pub fn observe_flush(_elapsed: std::time::Duration) {}
+/// Reports a flush's latency to the metrics endpoint.
+pub fn observe_flush(elapsed: std::time::Duration) {
+    crate::metrics::observe_flush(elapsed);
+}
