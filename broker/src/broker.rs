@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::message::{Delivery, Message, SessionId};
-use crate::retained::RetainedStore;
+use crate::retained::{RetainedCursor, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord};
 use crate::stats::Stats;
@@ -162,7 +162,10 @@ impl Broker {
     }
 
     pub fn retained_count(&self) -> usize {
-        self.shared.retained.read().len()
+        match &self.shared.store {
+            Some(store) => store.retained_count(),
+            None => self.shared.retained.read().len(),
+        }
     }
 
     fn queue_limits(&self) -> QueueLimits {
@@ -171,6 +174,7 @@ impl Broker {
             max_messages: m.max_queued_messages,
             max_bytes: m.max_queued_bytes,
             queue_qos0: m.queue_qos0_messages,
+            memory_window: self.shared.config.persistence.queue_memory_window,
         }
     }
 
@@ -225,7 +229,9 @@ impl Broker {
                                     store.remove_will(&existing.client_id)
                                 } else {
                                     // No longer persistent: it ends with this
-                                    // connection, so nothing of it stays on disk.
+                                    // connection, so nothing of it stays on disk;
+                                    // its queue moves into memory first.
+                                    existing.load_all_from_store(&mut inner);
                                     store.delete_session(&existing.client_id)
                                 };
                                 if let Err(e) = stored {
@@ -460,7 +466,9 @@ impl Broker {
                     }
                 }
             }
-            self.shared.retained.write().apply(&message);
+            if self.shared.store.is_none() {
+                self.shared.retained.write().apply(&message);
+            }
         }
         let mut deliveries = Vec::new();
         self.shared.router.read().route(&message, &mut deliveries);
@@ -554,7 +562,24 @@ impl Broker {
             .collect()
     }
 
-    /// Drops expired retained messages (run periodically).
+    /// With persistence on, a cursor that streams the retained messages matching
+    /// `filter` out of the store (see [`RetainedCursor`]); `None` with persistence
+    /// off, where [`Broker::retained_deliveries`] answers from memory.
+    pub fn retained_cursor(
+        &self,
+        filter: &str,
+        granted: QoS,
+        identifier: Option<u32>,
+    ) -> Option<RetainedCursor> {
+        self.shared
+            .store
+            .as_ref()
+            .map(|_| RetainedCursor::new(filter, granted, identifier))
+    }
+
+    /// Drops expired retained messages (run periodically). With persistence on they
+    /// are dropped when a scan meets them and on start instead (a sweep of the store
+    /// would read every record).
     pub fn sweep_retained(&self) -> usize {
         self.shared.retained.write().sweep_expired(Instant::now())
     }
@@ -565,12 +590,6 @@ impl Broker {
     /// connected when the broker stopped counts from now.
     pub fn restore(&self, loaded: Loaded) {
         let now_ms = crate::store::codec::now_unix_ms();
-        {
-            let mut retained = self.shared.retained.write();
-            for m in &loaded.retained {
-                retained.apply(m);
-            }
-        }
         let (mut restored, mut expired) = (0usize, 0usize);
         for ls in loaded.sessions {
             let expiry = ls.record.expiry_interval;
@@ -615,6 +634,9 @@ impl Broker {
                         }
                         None => inner.delivery.restore_queued(seq, delivery),
                     }
+                }
+                for (seq, weight) in ls.outbound_on_disk {
+                    inner.delivery.restore_on_disk(seq, weight);
                 }
                 for pid in ls.inbound_qos2 {
                     inner.delivery.restore_incoming_qos2(pid);
@@ -668,7 +690,7 @@ impl Broker {
         tracing::info!(
             sessions = restored,
             expired_sessions = expired,
-            retained = loaded.retained.len(),
+            retained = loaded.retained,
             expired_messages = loaded.expired_messages,
             "state restored from the store"
         );

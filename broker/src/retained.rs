@@ -3,15 +3,20 @@
 //! Kept in a [`ferromq_topic::RetainedTree`] so a SUBSCRIBE walks only the branches its
 //! filter can match. An empty payload clears the topic and is not stored
 //! [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Expired messages are dropped when met and by a
-//! periodic sweep. The sled-backed store of the durability issue replaces the map
-//! behind the same methods.
+//! periodic sweep. This in-memory index serves persistence off; with persistence on
+//! the store's `retained` tree is the index and a [`RetainedCursor`] streams the
+//! matches of a SUBSCRIBE out of it, so retained payloads are not held in RAM.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferromq_codec::QoS;
 use ferromq_topic::RetainedTree;
 
-use crate::message::Message;
+use crate::message::{Delivery, Message};
+use crate::session::Session;
+use crate::session::state::Room;
+use crate::store::Store;
 
 #[derive(Debug, Default)]
 pub struct RetainedStore {
@@ -74,5 +79,132 @@ impl RetainedStore {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// Streams the retained messages matching one filter out of the store, into one
+/// session, as its queue allows (persistence on; see `store` "Bounded memory").
+///
+/// The scan covers the key range of the filter's literal prefix (`a/b/+/c` scans
+/// `a/b/`, `a/b/#` scans `a/b` so that `a/b` itself matches [MQTT-4.7.1-2], `#` and
+/// `+/...` scan everything) and checks each key with [`ferromq_topic::matches`]
+/// (which also keeps `$` topics from wildcards at the first level [MQTT-4.7.2-1]). It
+/// resumes from the first key it has not delivered, so a `#` subscribe to a million
+/// retained messages holds at most half a queue of them in memory at a time and
+/// never overflows the session's queue.
+///
+/// Known limits: a retained message set or cleared while the cursor runs is seen as
+/// it is when the cursor reaches its key (a live copy may also arrive first); the
+/// cursor belongs to the connection, so what it has not delivered when the connection
+/// closes is not sent (the client subscribes again on its next connection to get it).
+#[derive(Debug)]
+pub struct RetainedCursor {
+    filter: String,
+    prefix: Vec<u8>,
+    /// First key not yet delivered.
+    next: Vec<u8>,
+    granted: QoS,
+    identifier: Option<u32>,
+}
+
+/// What one [`RetainedCursor::pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pumped {
+    /// Deliveries queued.
+    pub queued: usize,
+    /// Messages dropped because they alone exceed the session's byte limit.
+    pub too_large: usize,
+    /// Nothing is left: the cursor can be dropped.
+    pub done: bool,
+    /// Stopped for its key budget, with room left: pump again soon.
+    pub more: bool,
+}
+
+/// The literal part of a filter before its first wildcard level.
+pub fn literal_prefix(filter: &str) -> &str {
+    match filter.find(['+', '#']) {
+        None => filter,
+        Some(i) if filter[i..].starts_with('#') && i > 0 => &filter[..i - 1],
+        Some(i) => &filter[..i],
+    }
+}
+
+impl RetainedCursor {
+    pub fn new(filter: &str, granted: QoS, identifier: Option<u32>) -> Self {
+        let prefix = literal_prefix(filter).as_bytes().to_vec();
+        RetainedCursor {
+            filter: filter.to_owned(),
+            next: prefix.clone(),
+            prefix,
+            granted,
+            identifier,
+        }
+    }
+
+    /// Queues matching retained messages into `session` until its queue has no room
+    /// for retained messages, the range ends, or `max_keys` keys were looked at.
+    pub fn pump(&mut self, store: &Store, session: &Session, max_keys: usize) -> Pumped {
+        let mut pumped = Pumped::default();
+        let mut blocked = false;
+        let RetainedCursor {
+            filter,
+            prefix,
+            next,
+            granted,
+            identifier,
+        } = self;
+        let result = store.scan_retained(prefix, next, max_keys, |topic, stored| {
+            if !ferromq_topic::matches(filter, topic) {
+                return true;
+            }
+            let message = stored.into_message();
+            let delivery = Delivery {
+                qos: message.qos.min(*granted),
+                retain: true,
+                subscription_ids: identifier.iter().copied().collect(),
+                message,
+            };
+            match session.deliver_retained(delivery) {
+                Room::Yes => {
+                    pumped.queued += 1;
+                    true
+                }
+                Room::Never => {
+                    pumped.too_large += 1;
+                    true
+                }
+                Room::Later => {
+                    blocked = true;
+                    false
+                }
+            }
+        });
+        match result {
+            Ok(Some(resume)) => {
+                *next = resume;
+                pumped.more = !blocked;
+            }
+            Ok(None) => pumped.done = true,
+            Err(e) => {
+                tracing::warn!(client_id = %session.client_id, filter = %filter, error = %e, "cannot read retained messages from the store");
+                pumped.done = true;
+            }
+        }
+        pumped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_prefix;
+
+    #[test]
+    fn literal_prefix_stops_at_the_first_wildcard() {
+        assert_eq!(literal_prefix("a/b/+/c"), "a/b/");
+        // `a/b/#` also matches `a/b` [MQTT-4.7.1-2].
+        assert_eq!(literal_prefix("a/b/#"), "a/b");
+        assert_eq!(literal_prefix("#"), "");
+        assert_eq!(literal_prefix("+/x"), "");
+        assert_eq!(literal_prefix("a/b"), "a/b");
     }
 }

@@ -423,6 +423,12 @@ pub(crate) static KEYS: &[KeySpec] = &[
         "Flush interval of durability = \"periodic\"."),
     key!("persistence", "cache_capacity", persistence.cache_capacity: u64, None,
         "Bytes of the store's page cache (sled cache_capacity)."),
+    key!("persistence", "queue_memory_window", persistence.queue_memory_window: usize, None,
+        "QoS 1/2 deliveries of a persistent session's queue held in memory. Beyond\n\
+         them the queue lives on disk only (the memory keeps a sequence number and a\n\
+         size per message) and is read back in batches as the client takes it.\n\
+         max_queued_messages and max_queued_bytes still bound the whole queue. At\n\
+         least 1."),
     key!("sys", "interval", sys.interval: Duration, Some("sys_interval"),
         "How often $SYS topics are published; 0 disables them."),
     key!("log", "level", log.level: String, None,

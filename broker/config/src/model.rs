@@ -287,6 +287,9 @@ pub struct PersistenceConfig {
     pub flush_interval: Duration,
     /// Bytes of the store's page cache (sled `cache_capacity`). Default 64 MiB.
     pub cache_capacity: u64,
+    /// Deliveries of a persistent session's queue kept in memory; further QoS 1/2
+    /// deliveries stay on disk only until the connection reaches them. Default 256.
+    pub queue_memory_window: usize,
 }
 
 impl Default for PersistenceConfig {
@@ -297,6 +300,7 @@ impl Default for PersistenceConfig {
             durability: Durability::Strict,
             flush_interval: Duration::from_millis(100),
             cache_capacity: 64 * 1024 * 1024,
+            queue_memory_window: 256,
         }
     }
 }

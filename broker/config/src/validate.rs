@@ -100,6 +100,11 @@ pub(crate) fn check(
         "must be printable ASCII without spaces: it is sent in an HTTP header",
     );
     v.rule(
+        "persistence.queue_memory_window",
+        config.persistence.queue_memory_window >= 1,
+        "must be at least 1: the connection sends from the in-memory part of a queue",
+    );
+    v.rule(
         "log.level",
         log_level_ok(&config.log.level),
         "must be a level (error, warn, info, debug, trace, off) or a tracing filter \

@@ -46,6 +46,9 @@ const WRITE_BUFFER_KEEP: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 /// Most packets encoded per wake-up before the batch is written.
 const MAX_BATCH: usize = 1024;
+/// Most retained keys a retained cursor looks at per wake-up, so that a subscribe
+/// whose filter matches few of many keys does not stall the connection.
+const RETAINED_SCAN_BUDGET: usize = 4096;
 
 /// Why a connection ended; decides the will and the log line.
 #[derive(Debug)]
@@ -222,6 +225,7 @@ where
         },
         flushed: broker.store().filter(|s| s.strict()).map(|s| s.flushed()),
         gated: VecDeque::new(),
+        retained_cursors: VecDeque::new(),
         accepted,
         cfg,
     };
@@ -372,6 +376,8 @@ struct Connection {
     /// (PUBACK/PUBREC of stored messages, PUBREL), in order: once one waits, later
     /// acknowledgements queue behind it [MQTT-4.6.0-2] [MQTT-4.6.0-3].
     gated: VecDeque<(u64, Packet)>,
+    /// Retained messages still to send for SUBSCRIBEs (persistence on), in order.
+    retained_cursors: VecDeque<crate::retained::RetainedCursor>,
 }
 
 impl Connection {
@@ -398,6 +404,7 @@ impl Connection {
             if let Err(close) = self.release_gated() {
                 return close;
             }
+            self.pump_retained();
             self.drain_session();
             if !self.wbuf.is_empty() {
                 // The flush matters for TLS and WebSocket streams, which may hold
@@ -862,11 +869,17 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                retained.extend(self.broker.retained_deliveries(
-                    bare,
-                    granted_options.qos,
-                    identifier,
-                ));
+                match self
+                    .broker
+                    .retained_cursor(bare, granted_options.qos, identifier)
+                {
+                    Some(cursor) => self.retained_cursors.push_back(cursor),
+                    None => retained.extend(self.broker.retained_deliveries(
+                        bare,
+                        granted_options.qos,
+                        identifier,
+                    )),
+                }
             }
             codes.push(ReasonCode(granted_options.qos as u8));
         }
@@ -934,7 +947,7 @@ impl Connection {
         {
             let mut inner = self.session.lock();
             while batch.len() < MAX_BATCH {
-                match inner.delivery.next_outgoing(self.window, now) {
+                match self.session.next_outgoing(&mut inner, self.window, now) {
                     Some(out) => batch.push(out),
                     None => break,
                 }
@@ -982,6 +995,33 @@ impl Connection {
         }
         for (out, generation) in batch.into_iter().zip(generations) {
             self.encode_outgoing(out, generation);
+        }
+    }
+
+    /// Moves retained messages of earlier SUBSCRIBEs from the store into the session
+    /// queue as far as the queue has room (see `retained::RetainedCursor`). Wakes the
+    /// loop again while progress is made; a cursor waiting for room is pumped again on
+    /// the next acknowledgement or wake-up.
+    fn pump_retained(&mut self) {
+        let Some(store) = self.broker.store().cloned() else {
+            return;
+        };
+        while let Some(cursor) = self.retained_cursors.front_mut() {
+            let pumped = cursor.pump(&store, &self.session, RETAINED_SCAN_BUDGET);
+            if pumped.too_large > 0 {
+                Stats::add(
+                    &self.broker.stats().dropped_queue_full,
+                    pumped.too_large as u64,
+                );
+            }
+            if pumped.done {
+                self.retained_cursors.pop_front();
+                continue;
+            }
+            if pumped.queued > 0 || pumped.more {
+                self.session.wake();
+            }
+            break;
         }
     }
 

@@ -9,6 +9,14 @@
 //! # Layout
 //! - [`state`]: the delivery state machine (queue, in-flight window, packet ids),
 //!   free of I/O and unit-tested on its own.
+//!
+//! # Queues beyond the memory window
+//! A persistent session's QoS 1/2 deliveries are in the store anyway; beyond
+//! `queue_memory_window` of them the state machine keeps markers instead of the
+//! messages. [`Session::next_outgoing`] reads the next batch back from the store's
+//! `outbound` tree when a marker reaches the front, under the session lock (one range
+//! read of at most a window of records; publishers to this one session wait for it,
+//! nobody else does), which keeps store order and queue order trivially the same.
 
 pub mod state;
 
@@ -25,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::message::{Delivery, SessionId};
 use crate::store::{SessionRecord, Store, SubscriptionRow};
+use state::Outgoing;
 pub use state::{DropReason, QueueLimits, SessionState};
 
 /// A subscription as the session remembers it (to re-create, list and remove it).
@@ -154,15 +163,50 @@ impl Session {
     /// back and reports [`DropReason::StoreFailed`].
     pub fn deliver(&self, delivery: Delivery) -> Result<Option<u64>, DropReason> {
         let mut inner = self.inner.lock();
+        let online = inner.link.is_some();
+        let generation = self.deliver_locked(&mut inner, delivery)?;
+        drop(inner);
+        if online {
+            self.notify.notify_one();
+        }
+        Ok(generation)
+    }
+
+    /// Queues a retained message sent because of a SUBSCRIBE if the queue has room
+    /// for it now ([`state::SessionState::room_for_retained`]); otherwise hands it
+    /// back untouched (`Room::Later`) or drops it (`Room::Never`, counted as a full
+    /// queue).
+    pub fn deliver_retained(&self, delivery: Delivery) -> state::Room {
+        let mut inner = self.inner.lock();
+        let room = inner.delivery.room_for_retained(delivery.message.weight());
+        if room == state::Room::Yes {
+            let _ = self.deliver_locked(&mut inner, delivery);
+            let online = inner.link.is_some();
+            drop(inner);
+            if online {
+                self.notify.notify_one();
+            }
+        }
+        room
+    }
+
+    fn deliver_locked(
+        &self,
+        inner: &mut SessionInner,
+        delivery: Delivery,
+    ) -> Result<Option<u64>, DropReason> {
         if inner.ended {
             return Ok(None);
         }
         let online = inner.link.is_some();
         let durable = delivery.qos != ferromq_codec::QoS::AtMostOnce;
-        let stored_copy = (durable && self.persist(&inner).is_some()).then(|| delivery.clone());
-        let seq = inner.delivery.enqueue(delivery, online)?;
+        let stored = durable && self.persist(inner).is_some();
+        // The state machine keeps the delivery (in memory) or only a marker (then the
+        // store holds the only copy); either way a stored one is written below.
+        let stored_copy = stored.then(|| delivery.clone());
+        let seq = inner.delivery.enqueue(delivery, online, stored)?.seq();
         let mut generation = None;
-        if let (Some(store), Some(d)) = (self.persist(&inner), stored_copy) {
+        if let (Some(store), Some(d)) = (self.persist(inner), stored_copy) {
             match store.put_outbound(&self.client_id, seq, &d) {
                 Ok(g) => generation = Some(g),
                 Err(e) => {
@@ -172,11 +216,55 @@ impl Session {
                 }
             }
         }
-        drop(inner);
-        if online {
-            self.notify.notify_one();
-        }
         Ok(generation)
+    }
+
+    /// The next packet to send within `window` (see [`SessionState::next_outgoing`]),
+    /// first reading queued deliveries back from the store when the queue's front is
+    /// on disk only. A record that cannot be read drops its entry (logged).
+    pub fn next_outgoing(
+        &self,
+        inner: &mut SessionInner,
+        window: usize,
+        now: std::time::Instant,
+    ) -> Option<Outgoing> {
+        loop {
+            if let Some(out) = inner.delivery.next_outgoing(window, now) {
+                return Some(out);
+            }
+            let wanted = inner.delivery.wanted(window);
+            if wanted.is_empty() {
+                return None;
+            }
+            self.load_from_store(inner, &wanted);
+        }
+    }
+
+    /// Reads the deliveries of `wanted` markers from the store into the queue.
+    fn load_from_store(&self, inner: &mut SessionInner, wanted: &[u64]) {
+        let found = match &self.store {
+            Some(store) => match store.read_outbound(&self.client_id, wanted) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "cannot read queued messages back from the store: they are dropped");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let missing = inner.delivery.load(wanted, found);
+        if missing > 0 {
+            tracing::warn!(client_id = %self.client_id, missing, "queued messages missing from the store were dropped");
+        }
+    }
+
+    /// Reads every queued delivery held only in the store back into memory, before
+    /// the session's records are deleted (it stops being persistent).
+    pub fn load_all_from_store(&self, inner: &mut SessionInner) {
+        let wanted = inner.delivery.all_on_disk();
+        if !wanted.is_empty() {
+            self.load_from_store(inner, &wanted);
+        }
     }
 
     /// The store, when this session is persistent (Session Expiry Interval > 0).

@@ -12,7 +12,15 @@
 //!   (Mosquitto's `queue_qos0_messages`);
 //! - in flight (sent, not acknowledged) at most `window` QoS 1/2 messages, the smaller
 //!   of the client's Receive Maximum [MQTT-3.3.4-9] and `max_inflight_messages`; the
-//!   rest waits in the queue.
+//!   rest waits in the queue;
+//! - at most `memory_window` deliveries of a persistent session's queue are held in
+//!   memory ([`Slot::Loaded`]); once that many are, further QoS 1/2 deliveries (which
+//!   the store already holds) are queued as [`Slot::OnDisk`] markers: a sequence number
+//!   and a weight, about 40 bytes instead of the message. The queue stays one ordered
+//!   sequence, so `max_messages` / `max_bytes` and the drop policy above cover markers
+//!   too. When a marker reaches the front, [`SessionState::wanted`] names the next
+//!   markers to read back and [`SessionState::load`] puts the messages in; the I/O
+//!   itself is the caller's (`Session::next_outgoing`).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
@@ -26,6 +34,54 @@ pub struct QueueLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
     pub queue_qos0: bool,
+    /// Deliveries held in memory before further stored ones are kept as markers.
+    pub memory_window: usize,
+}
+
+/// A queued delivery: in memory, or only in the store.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Loaded(Delivery),
+    /// The delivery is in the store under this entry's sequence number (QoS 1/2
+    /// only: QoS 0 is never stored).
+    OnDisk,
+}
+
+/// One entry of the queue. `weight` is what it counts against `max_bytes`, fixed at
+/// enqueue so that loading a marker never changes the accounting.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub seq: u64,
+    pub weight: usize,
+    pub slot: Slot,
+}
+
+/// How [`SessionState::enqueue`] queued a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Held in memory.
+    Loaded(u64),
+    /// Kept as a marker: the caller must have the delivery in the store under `seq`.
+    OnDisk(u64),
+}
+
+impl Enqueued {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Enqueued::Loaded(s) | Enqueued::OnDisk(s) => *s,
+        }
+    }
+}
+
+/// Whether a retained delivery may be queued now (see
+/// [`SessionState::room_for_retained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    Yes,
+    /// Not now: wait for the queue to drain.
+    Later,
+    /// Never: the message alone exceeds `max_bytes`.
+    Never,
 }
 
 /// Why a delivery was not queued.
@@ -105,8 +161,10 @@ pub enum IncomingQos2 {
 #[derive(Debug)]
 pub struct SessionState {
     limits: QueueLimits,
-    /// Deliveries not yet sent, with their sequence numbers.
-    queue: VecDeque<(u64, Delivery)>,
+    /// Deliveries not yet sent, in sequence order.
+    queue: VecDeque<Queued>,
+    /// Entries of `queue` that are [`Slot::OnDisk`] markers.
+    on_disk: usize,
     /// Sequence number of the next delivery: orders the store's records.
     next_seq: u64,
     queued_bytes: usize,
@@ -126,6 +184,7 @@ impl SessionState {
         SessionState {
             limits,
             queue: VecDeque::new(),
+            on_disk: 0,
             next_seq: 1,
             queued_bytes: 0,
             inflight: VecDeque::new(),
@@ -137,8 +196,16 @@ impl SessionState {
     }
 
     /// Adds a delivery to the queue, applying the overflow policy in the module docs.
-    /// Returns its sequence number.
-    pub fn enqueue(&mut self, delivery: Delivery, online: bool) -> Result<u64, DropReason> {
+    /// `stored` says the caller writes this delivery to the store (persistent session,
+    /// QoS 1/2): it may then be queued as a marker ([`Enqueued::OnDisk`]), which it is
+    /// when `memory_window` deliveries are in memory, or when markers are queued
+    /// already (so that the markers stay one contiguous run behind the loaded ones).
+    pub fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        online: bool,
+        stored: bool,
+    ) -> Result<Enqueued, DropReason> {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0 {
             return Err(DropReason::OfflineQos0);
         }
@@ -152,24 +219,170 @@ impl SessionState {
         self.queued_bytes += weight;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.push_back((seq, delivery));
-        Ok(seq)
+        let spill = stored
+            && delivery.qos != QoS::AtMostOnce
+            && (self.on_disk > 0 || self.loaded() >= self.limits.memory_window);
+        if spill {
+            self.on_disk += 1;
+            self.queue.push_back(Queued {
+                seq,
+                weight,
+                slot: Slot::OnDisk,
+            });
+            Ok(Enqueued::OnDisk(seq))
+        } else {
+            self.queue.push_back(Queued {
+                seq,
+                weight,
+                slot: Slot::Loaded(delivery),
+            });
+            Ok(Enqueued::Loaded(seq))
+        }
+    }
+
+    /// Whether a retained message of `weight` bytes sent on SUBSCRIBE may be queued
+    /// now. Retained messages are paced so that they fill at most half of the queue
+    /// (`max_messages` and `max_bytes`), leaving the other half to live traffic, and
+    /// so are never dropped for a full queue; into an empty queue one always fits
+    /// unless it alone exceeds `max_bytes`.
+    pub fn room_for_retained(&self, weight: usize) -> Room {
+        if weight > self.limits.max_bytes {
+            return Room::Never;
+        }
+        if self.queue.is_empty() {
+            return Room::Yes;
+        }
+        let half_messages = (self.limits.max_messages / 2).max(1);
+        let half_bytes = self.limits.max_bytes / 2;
+        if self.queue.len() < half_messages && self.queued_bytes + weight <= half_bytes {
+            Room::Yes
+        } else {
+            Room::Later
+        }
+    }
+
+    /// Deliveries held in memory in the queue.
+    pub fn loaded(&self) -> usize {
+        self.queue.len() - self.on_disk
+    }
+
+    /// Queued entries that are markers of deliveries held only in the store.
+    pub fn on_disk(&self) -> usize {
+        self.on_disk
     }
 
     /// Takes back the delivery just queued (its store write failed).
     pub fn unqueue_last(&mut self, seq: u64) {
-        if self.queue.back().is_some_and(|(s, _)| *s == seq)
-            && let Some((_, d)) = self.queue.pop_back()
+        if self.queue.back().is_some_and(|q| q.seq == seq)
+            && let Some(q) = self.queue.pop_back()
         {
-            self.queued_bytes -= d.message.weight();
+            self.remove_accounting(&q);
+        }
+    }
+
+    fn remove_accounting(&mut self, q: &Queued) {
+        self.queued_bytes -= q.weight;
+        if matches!(q.slot, Slot::OnDisk) {
+            self.on_disk -= 1;
         }
     }
 
     /// Restores a queued delivery loaded from the store.
     pub fn restore_queued(&mut self, seq: u64, delivery: Delivery) {
-        self.queued_bytes += delivery.message.weight();
-        self.queue.push_back((seq, delivery));
+        let weight = delivery.message.weight();
+        self.queued_bytes += weight;
+        self.queue.push_back(Queued {
+            seq,
+            weight,
+            slot: Slot::Loaded(delivery),
+        });
         self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Restores a queued delivery left in the store (beyond the memory window at
+    /// start), as a marker.
+    pub fn restore_on_disk(&mut self, seq: u64, weight: usize) {
+        self.queued_bytes += weight;
+        self.on_disk += 1;
+        self.queue.push_back(Queued {
+            seq,
+            weight,
+            slot: Slot::OnDisk,
+        });
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// The markers to read from the store next, in order: empty unless a marker is at
+    /// the front of the queue and the in-flight window has room for it (markers are
+    /// QoS 1/2). At most enough to bring the memory window back to full (at least one).
+    pub fn wanted(&self, window: usize) -> Vec<u64> {
+        if !self
+            .queue
+            .front()
+            .is_some_and(|q| matches!(q.slot, Slot::OnDisk))
+            || self.inflight.len() >= window
+        {
+            return Vec::new();
+        }
+        let max = self
+            .limits
+            .memory_window
+            .saturating_sub(self.loaded())
+            .max(1);
+        self.queue
+            .iter()
+            .filter(|q| matches!(q.slot, Slot::OnDisk))
+            .take(max)
+            .map(|q| q.seq)
+            .collect()
+    }
+
+    /// Puts deliveries read from the store in place of the markers `wanted` named.
+    /// A wanted marker without a delivery in `found` (the record is gone: it expired
+    /// on load) is dropped from the queue. Returns how many were dropped that way.
+    pub fn load(&mut self, wanted: &[u64], found: Vec<(u64, Delivery)>) -> usize {
+        let mut found = found.into_iter().peekable();
+        let mut missing = 0;
+        let mut i = 0;
+        for &seq in wanted {
+            while i < self.queue.len() && self.queue[i].seq < seq {
+                i += 1;
+            }
+            if i >= self.queue.len() || self.queue[i].seq != seq {
+                continue;
+            }
+            if !matches!(self.queue[i].slot, Slot::OnDisk) {
+                i += 1;
+                continue;
+            }
+            while found.peek().is_some_and(|(s, _)| *s < seq) {
+                found.next();
+            }
+            match found.next_if(|(s, _)| *s == seq) {
+                Some((_, delivery)) => {
+                    self.queue[i].slot = Slot::Loaded(delivery);
+                    self.on_disk -= 1;
+                    i += 1;
+                }
+                None => {
+                    if let Some(q) = self.queue.remove(i) {
+                        self.remove_accounting(&q);
+                    }
+                    missing += 1;
+                }
+            }
+        }
+        missing
+    }
+
+    /// Every marker, to read back the whole queue (the session stops being
+    /// persistent, so its records are about to be deleted).
+    pub fn all_on_disk(&self) -> Vec<u64> {
+        self.queue
+            .iter()
+            .filter(|q| matches!(q.slot, Slot::OnDisk))
+            .map(|q| q.seq)
+            .collect()
     }
 
     /// Restores an in-flight delivery loaded from the store.
@@ -203,10 +416,11 @@ impl SessionState {
     pub fn on_offline(&mut self) {
         if !self.limits.queue_qos0 {
             let mut bytes = self.queued_bytes;
-            self.queue.retain(|(_, d)| {
-                let keep = d.qos != QoS::AtMostOnce;
+            self.queue.retain(|q| {
+                // Markers are QoS 1/2: kept.
+                let keep = !matches!(&q.slot, Slot::Loaded(d) if d.qos == QoS::AtMostOnce);
                 if !keep {
-                    bytes -= d.message.weight();
+                    bytes -= q.weight;
                 }
                 keep
             });
@@ -215,21 +429,29 @@ impl SessionState {
     }
 
     /// Takes the next packet to send, if the in-flight window allows. Expired messages
-    /// are discarded on the way [MQTT-3.3.2-5].
+    /// are discarded on the way [MQTT-3.3.2-5]. Stops at a marker: see
+    /// [`SessionState::wanted`].
     pub fn next_outgoing(&mut self, window: usize, now: Instant) -> Option<Outgoing> {
         loop {
-            let (_, front) = self.queue.front()?;
+            let front = match &self.queue.front()?.slot {
+                Slot::Loaded(d) => d,
+                Slot::OnDisk => return None,
+            };
             if front.message.is_expired(now) {
-                let (_, d) = self.queue.pop_front()?;
-                self.queued_bytes -= d.message.weight();
+                let q = self.queue.pop_front()?;
+                self.remove_accounting(&q);
                 self.dropped_expired += 1;
                 continue;
             }
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 return None;
             }
-            let (seq, delivery) = self.queue.pop_front()?;
-            self.queued_bytes -= delivery.message.weight();
+            let q = self.queue.pop_front()?;
+            self.remove_accounting(&q);
+            let (seq, delivery) = match q.slot {
+                Slot::Loaded(d) => (q.seq, d),
+                Slot::OnDisk => return None,
+            };
             if delivery.qos == QoS::AtMostOnce {
                 return Some(Outgoing::Publish {
                     seq,
@@ -391,6 +613,7 @@ mod tests {
             max_messages,
             max_bytes: usize::MAX,
             queue_qos0: false,
+            memory_window: usize::MAX,
         }
     }
 
@@ -427,7 +650,8 @@ mod tests {
         // [MQTT-3.3.4-9] no more than Receive Maximum unacknowledged QoS 1/2 PUBLISHes.
         let mut s = SessionState::new(limits(100));
         for p in ["a", "b", "c"] {
-            s.enqueue(delivery(QoS::AtLeastOnce, p), true).unwrap();
+            s.enqueue(delivery(QoS::AtLeastOnce, p), true, false)
+                .unwrap();
         }
         let now = Instant::now();
         let a = s.next_outgoing(2, now).unwrap();
@@ -446,8 +670,10 @@ mod tests {
     #[test]
     fn qos0_is_not_counted_in_window() {
         let mut s = SessionState::new(limits(100));
-        s.enqueue(delivery(QoS::AtLeastOnce, "a"), true).unwrap();
-        s.enqueue(delivery(QoS::AtMostOnce, "b"), true).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "a"), true, false)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtMostOnce, "b"), true, false)
+            .unwrap();
         let now = Instant::now();
         assert_eq!(payload(&s.next_outgoing(1, now).unwrap()).0, 1);
         assert_eq!(payload(&s.next_outgoing(1, now).unwrap()).0, 0);
@@ -456,10 +682,12 @@ mod tests {
     #[test]
     fn full_queue_drops_newest() {
         let mut s = SessionState::new(limits(2));
-        s.enqueue(delivery(QoS::AtLeastOnce, "1"), false).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce, "2"), false).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), false, false)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), false, false)
+            .unwrap();
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, "3"), false),
+            s.enqueue(delivery(QoS::AtLeastOnce, "3"), false, false),
             Err(DropReason::QueueFull)
         );
         let now = Instant::now();
@@ -478,22 +706,27 @@ mod tests {
     fn offline_qos0_is_dropped_unless_configured() {
         let mut s = SessionState::new(limits(10));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, "x"), false),
+            s.enqueue(delivery(QoS::AtMostOnce, "x"), false, false),
             Err(DropReason::OfflineQos0)
         );
         let mut keep = SessionState::new(QueueLimits {
             queue_qos0: true,
             ..limits(10)
         });
-        assert!(keep.enqueue(delivery(QoS::AtMostOnce, "x"), false).is_ok());
+        assert!(
+            keep.enqueue(delivery(QoS::AtMostOnce, "x"), false, false)
+                .is_ok()
+        );
     }
 
     #[test]
     fn resume_resends_with_dup_and_pubrel_in_order() {
         // [MQTT-4.4.0-1] unacknowledged PUBLISH resent with DUP, PUBREL resent.
         let mut s = SessionState::new(limits(10));
-        s.enqueue(delivery(QoS::ExactlyOnce, "q2"), true).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce, "q1"), true).unwrap();
+        s.enqueue(delivery(QoS::ExactlyOnce, "q2"), true, false)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "q1"), true, false)
+            .unwrap();
         let now = Instant::now();
         let first = s.next_outgoing(10, now).unwrap();
         let second = s.next_outgoing(10, now).unwrap();
@@ -548,7 +781,7 @@ mod tests {
             props,
             None,
         );
-        s.enqueue(d, false).unwrap();
+        s.enqueue(d, false, false).unwrap();
         assert!(
             s.next_outgoing(10, Instant::now() + Duration::from_secs(2))
                 .is_none()
@@ -560,10 +793,214 @@ mod tests {
     fn packet_ids_wrap_and_skip_zero_and_inflight() {
         let mut s = SessionState::new(limits(usize::MAX));
         s.next_packet_id = u16::MAX;
-        s.enqueue(delivery(QoS::AtLeastOnce, "a"), true).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce, "b"), true).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "a"), true, false)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "b"), true, false)
+            .unwrap();
         let now = Instant::now();
         assert_eq!(payload(&s.next_outgoing(10, now).unwrap()).0, u16::MAX);
         assert_eq!(payload(&s.next_outgoing(10, now).unwrap()).0, 1);
+    }
+
+    fn windowed(max_messages: usize, memory_window: usize) -> SessionState {
+        SessionState::new(QueueLimits {
+            memory_window,
+            ..limits(max_messages)
+        })
+    }
+
+    fn body(o: &Outgoing) -> Bytes {
+        payload(o).2
+    }
+
+    #[test]
+    fn stored_deliveries_beyond_the_window_become_markers() {
+        let mut s = windowed(100, 2);
+        let mut seqs = Vec::new();
+        for p in ["1", "2", "3", "4", "5"] {
+            seqs.push(
+                s.enqueue(delivery(QoS::AtLeastOnce, p), false, true)
+                    .unwrap(),
+            );
+        }
+        assert!(matches!(seqs[0], Enqueued::Loaded(1)));
+        assert!(matches!(seqs[1], Enqueued::Loaded(2)));
+        assert!(seqs[2..].iter().all(|e| matches!(e, Enqueued::OnDisk(_))));
+        assert_eq!((s.queued(), s.loaded(), s.on_disk()), (5, 2, 3));
+        let bytes = s.queued_bytes;
+        assert_eq!(bytes, 5 * delivery(QoS::AtLeastOnce, "1").message.weight());
+
+        let now = Instant::now();
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "1");
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "2");
+        // A marker at the front: nothing to send until it is loaded.
+        assert!(s.next_outgoing(10, now).is_none());
+        // Refill up to the memory window, in order.
+        assert_eq!(s.wanted(10), vec![3, 4]);
+        let missing = s.load(
+            &[3, 4],
+            vec![
+                (3, delivery(QoS::AtLeastOnce, "3")),
+                (4, delivery(QoS::AtLeastOnce, "4")),
+            ],
+        );
+        assert_eq!(missing, 0);
+        assert_eq!((s.loaded(), s.on_disk()), (2, 1));
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "3");
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "4");
+        assert_eq!(s.wanted(10), vec![5]);
+        s.load(&[5], vec![(5, delivery(QoS::AtLeastOnce, "5"))]);
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "5");
+        assert_eq!((s.queued(), s.queued_bytes), (0, 0));
+    }
+
+    #[test]
+    fn limits_and_drop_policy_cover_markers() {
+        // Newest dropped, counting markers as queued messages and bytes.
+        let mut s = windowed(3, 1);
+        for p in ["1", "2", "3"] {
+            s.enqueue(delivery(QoS::AtLeastOnce, p), false, true)
+                .unwrap();
+        }
+        assert_eq!(s.on_disk(), 2);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "4"), false, true),
+            Err(DropReason::QueueFull)
+        );
+        let w = delivery(QoS::AtLeastOnce, "1").message.weight();
+        let mut b = SessionState::new(QueueLimits {
+            max_bytes: 2 * w,
+            memory_window: 1,
+            ..limits(100)
+        });
+        b.enqueue(delivery(QoS::AtLeastOnce, "1"), false, true)
+            .unwrap();
+        b.enqueue(delivery(QoS::AtLeastOnce, "2"), false, true)
+            .unwrap();
+        assert_eq!(
+            b.enqueue(delivery(QoS::AtLeastOnce, "3"), false, true),
+            Err(DropReason::QueueFull)
+        );
+        assert_eq!(b.take_dropped(), (1, 0));
+    }
+
+    #[test]
+    fn only_stored_qos12_spill_and_markers_stay_contiguous() {
+        let mut s = windowed(100, 1);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), true, true)
+            .unwrap();
+        // Not stored (clean session) or QoS 0 (never stored): always in memory.
+        assert!(matches!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "2"), true, false),
+            Ok(Enqueued::Loaded(_))
+        ));
+        assert!(matches!(
+            s.enqueue(delivery(QoS::AtMostOnce, "3"), true, true),
+            Ok(Enqueued::Loaded(_))
+        ));
+        assert!(matches!(
+            s.enqueue(delivery(QoS::ExactlyOnce, "4"), true, true),
+            Ok(Enqueued::OnDisk(4))
+        ));
+        let now = Instant::now();
+        for p in ["1", "2", "3"] {
+            assert_eq!(body(&s.next_outgoing(10, now).unwrap()), p);
+        }
+        // The window has room again, but a marker is queued: the next stored
+        // delivery goes behind it as a marker, so order is kept.
+        assert!(matches!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "5"), true, true),
+            Ok(Enqueued::OnDisk(5))
+        ));
+        assert_eq!(s.wanted(10), vec![4]);
+    }
+
+    #[test]
+    fn nothing_is_loaded_while_the_inflight_window_is_full() {
+        let mut s = windowed(100, 1);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), true, true)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), true, true)
+            .unwrap();
+        let first = s.next_outgoing(1, Instant::now()).unwrap();
+        assert!(s.wanted(1).is_empty());
+        s.on_puback(payload(&first).0);
+        assert_eq!(s.wanted(1), vec![2]);
+    }
+
+    #[test]
+    fn missing_records_drop_their_markers() {
+        let mut s = windowed(100, 1);
+        for p in ["1", "2", "3", "4"] {
+            s.enqueue(delivery(QoS::AtLeastOnce, p), false, true)
+                .unwrap();
+        }
+        let now = Instant::now();
+        s.next_outgoing(10, now).unwrap();
+        let wanted = s.wanted(10);
+        assert_eq!(wanted, vec![2]);
+        // Record 2 is gone (expired on load): dropped; 3 and 4 still wait.
+        assert_eq!(s.load(&wanted, vec![]), 1);
+        assert_eq!((s.queued(), s.on_disk()), (2, 2));
+        let all = s.all_on_disk();
+        assert_eq!(all, vec![3, 4]);
+        s.load(&all, vec![(4, delivery(QoS::AtLeastOnce, "4"))]);
+        assert_eq!(s.queued(), 1);
+        assert_eq!(body(&s.next_outgoing(10, now).unwrap()), "4");
+        assert_eq!(s.queued_bytes, 0);
+    }
+
+    #[test]
+    fn restored_markers_and_offline_keep_them() {
+        let mut s = windowed(100, 1);
+        let w = delivery(QoS::AtLeastOnce, "1").message.weight();
+        s.restore_queued(7, delivery(QoS::AtLeastOnce, "7"));
+        s.restore_on_disk(8, w);
+        s.restore_on_disk(9, w);
+        s.on_offline();
+        assert_eq!((s.queued(), s.on_disk(), s.queued_bytes), (3, 2, 3 * w));
+        let next = s
+            .enqueue(delivery(QoS::AtLeastOnce, "x"), false, true)
+            .unwrap();
+        assert_eq!(next, Enqueued::OnDisk(10));
+        s.unqueue_last(10);
+        assert_eq!((s.queued(), s.on_disk()), (3, 2));
+    }
+
+    #[test]
+    fn retained_fill_at_most_half_the_queue() {
+        let w = delivery(QoS::AtLeastOnce, "1").message.weight();
+        let mut s = SessionState::new(QueueLimits {
+            max_bytes: 100 * w,
+            ..limits(10)
+        });
+        for _ in 0..4 {
+            assert_eq!(s.room_for_retained(w), Room::Yes);
+            s.enqueue(delivery(QoS::AtLeastOnce, "1"), true, false)
+                .unwrap();
+        }
+        assert_eq!(s.room_for_retained(w), Room::Yes);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), true, false)
+            .unwrap();
+        assert_eq!(s.room_for_retained(w), Room::Later);
+        // Byte half, and a message that can never fit.
+        let mut b = SessionState::new(QueueLimits {
+            max_bytes: 3 * w,
+            ..limits(100)
+        });
+        assert_eq!(
+            b.room_for_retained(2 * w),
+            Room::Yes,
+            "empty queue takes one"
+        );
+        b.enqueue(delivery(QoS::AtLeastOnce, "1"), true, false)
+            .unwrap();
+        assert_eq!(b.room_for_retained(w), Room::Later);
+        assert_eq!(b.room_for_retained(4 * w), Room::Never);
+        let mut one = SessionState::new(limits(1));
+        assert_eq!(one.room_for_retained(w), Room::Yes);
+        one.enqueue(delivery(QoS::AtLeastOnce, "1"), true, false)
+            .unwrap();
+        assert_eq!(one.room_for_retained(w), Room::Later);
     }
 }

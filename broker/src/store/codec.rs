@@ -108,6 +108,20 @@ fn envelope(expires_at: Option<Instant>, publish: &Publish) -> Vec<u8> {
     out.to_vec()
 }
 
+/// Whether `bytes` starts with an envelope header this version reads.
+pub fn header_ok(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[0] == ENVELOPE_VERSION
+}
+
+/// Whether the envelope's expiry (wall clock) has passed, read from the header alone.
+pub fn header_expired(bytes: &[u8], now_ms: u64) -> bool {
+    header_ok(bytes)
+        && bytes[1..9]
+            .try_into()
+            .map(u64::from_be_bytes)
+            .is_ok_and(|at| at != 0 && now_ms >= at)
+}
+
 /// A decoded envelope: the PUBLISH and its absolute expiry.
 pub struct Stored {
     pub publish: Publish,

@@ -20,7 +20,17 @@
 //! - `outstate`: `client 0x00 seq` -> `[stage][packet id]` once it was sent;
 //! - `inbound`: `client 0x00 packet id` -> `[]`, QoS 2 ids awaiting PUBREL;
 //! - `wills`: client id -> `[deadline ms][envelope]`, a delayed will pending;
-//! - `retained`: topic -> envelope.
+//! - `retained`: topic -> envelope. With persistence on this tree *is* the retained
+//!   index: nothing of it is held in memory (beyond sled's page cache, bounded by
+//!   `cache_capacity`). A SUBSCRIBE is answered by a [`RetainedCursor`] that scans the
+//!   key range of the filter's literal prefix in batches.
+//!
+//! # Bounded memory
+//! - Queues: loading at start reads in-flight entries and the first
+//!   `queue_memory_window` queued deliveries of each session; the rest become markers
+//!   (sequence number + weight, see `session::state`) read back as the client drains.
+//! - Retained: loading at start reads only the 9-byte envelope header of each record
+//!   (to count them and drop the expired), never a payload.
 //!
 //! # Layout
 //! - [`codec`]: envelopes and keys.
@@ -127,8 +137,12 @@ pub type StoredDelivery = (u64, Delivery, Option<(Stage, u16)>);
 pub struct LoadedSession {
     pub client_id: String,
     pub record: SessionRecord,
-    /// Queue and in-flight entries in sequence order.
+    /// In-flight entries and the first `queue_memory_window` queued ones, in
+    /// sequence order.
     pub outbound: Vec<StoredDelivery>,
+    /// Queued entries beyond the memory window, left on disk: (sequence number,
+    /// weight), in sequence order, all after the queued ones of `outbound`.
+    pub outbound_on_disk: Vec<(u64, usize)>,
     pub inbound_qos2: Vec<u16>,
     /// A pending delayed will: its deadline (Unix ms) and message.
     pub will: Option<(u64, Arc<Message>)>,
@@ -138,7 +152,8 @@ pub struct LoadedSession {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub sessions: Vec<LoadedSession>,
-    pub retained: Vec<Arc<Message>>,
+    /// Retained messages in the store (they stay there).
+    pub retained: usize,
     /// Messages and sessions found expired across the downtime and removed.
     pub expired_messages: usize,
 }
@@ -153,6 +168,10 @@ pub struct Store {
     inbound: sled::Tree,
     wills: sled::Tree,
     retained: sled::Tree,
+    /// Records in `retained`, kept exactly from sled's insert/remove results
+    /// (`Tree::len` walks the whole tree).
+    retained_count: AtomicU64,
+    queue_memory_window: usize,
     durability: Durability,
     written: AtomicU64,
     flush_requested: Notify,
@@ -335,6 +354,8 @@ impl Store {
             inbound: tree("inbound")?,
             wills: tree("wills")?,
             retained: tree("retained")?,
+            retained_count: AtomicU64::new(0),
+            queue_memory_window: cfg.queue_memory_window.max(1),
             path: dir,
             db,
             durability: cfg.durability,
@@ -544,17 +565,107 @@ impl Store {
     /// Stores a retained message, or clears the topic for an empty payload.
     pub fn put_retained(&self, message: &Message) -> Result<u64, StoreError> {
         if message.payload.is_empty() {
-            self.retained.remove(message.topic.as_bytes())?;
+            self.remove_retained(&message.topic)
         } else {
-            self.retained
+            let old = self
+                .retained
                 .insert(message.topic.as_bytes(), codec::encode_message(message))?;
+            if old.is_none() {
+                self.retained_count.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(self.wrote())
         }
-        Ok(self.wrote())
     }
 
     pub fn remove_retained(&self, topic: &str) -> Result<u64, StoreError> {
-        self.retained.remove(topic.as_bytes())?;
+        self.remove_retained_key(topic.as_bytes())?;
         Ok(self.wrote())
+    }
+
+    fn remove_retained_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        if self.retained.remove(key)?.is_some() {
+            self.retained_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Retained messages in the store.
+    pub fn retained_count(&self) -> usize {
+        self.retained_count.load(Ordering::Acquire) as usize
+    }
+
+    /// Scans the retained tree from `from` (inclusive) while keys start with
+    /// `prefix`: calls `visit(topic, record)` for each live record until it returns
+    /// false, or until `max_keys` keys were looked at. Expired records are deleted on
+    /// the way [MQTT-3.3.2-5]. Returns where to resume (`None`: the range is done).
+    pub fn scan_retained(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        max_keys: usize,
+        mut visit: impl FnMut(&str, codec::Stored) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let now_ms = codec::now_unix_ms();
+        for (looked, item) in self.retained.range(from..).enumerate() {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                return Ok(None);
+            }
+            if looked == max_keys {
+                return Ok(Some(k.to_vec()));
+            }
+            if codec::header_expired(&v, now_ms) {
+                self.remove_retained_key(&k)?;
+                continue;
+            }
+            let Ok(topic) = std::str::from_utf8(&k) else {
+                continue;
+            };
+            let Some(stored) = codec::decode(&v) else {
+                tracing::warn!(topic, "undecodable retained record skipped");
+                continue;
+            };
+            if !visit(topic, stored) {
+                return Ok(Some(k.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the queued deliveries `seqs` (ascending) of a session: one range read
+    /// from the first to the last. Missing records are simply absent from the result.
+    pub fn read_outbound(
+        &self,
+        client_id: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<(u64, Delivery)>, StoreError> {
+        let (Some(first), Some(last)) = (seqs.first(), seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        let lo = codec::session_key(client_id, &first.to_be_bytes());
+        let hi = codec::session_key(client_id, &last.to_be_bytes());
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut want = seqs.iter().copied().peekable();
+        for item in self.outbound.range(lo..=hi) {
+            let (k, v) = item?;
+            let Some(seq) = codec::split_key(&k)
+                .and_then(|(_, suffix)| <[u8; 8]>::try_from(suffix).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            while want.peek().is_some_and(|w| *w < seq) {
+                want.next();
+            }
+            if want.peek() != Some(&seq) {
+                continue;
+            }
+            match codec::decode(&v) {
+                Some(stored) => out.push((seq, stored.into_delivery())),
+                None => tracing::warn!(client_id, seq, "undecodable queued record skipped"),
+            }
+        }
+        Ok(out)
     }
 
     // ---- loading ------------------------------------------------------------
@@ -570,21 +681,24 @@ impl Store {
         let mut loaded = Loaded::default();
         let mut expired_keys: Vec<(&sled::Tree, sled::IVec)> = Vec::new();
 
+        // Headers only: the retained messages stay on disk (see "Bounded memory").
         for item in self.retained.iter() {
             let (k, v) = item.map_err(|e| bad("retained", e.to_string()))?;
-            let stored = codec::decode(&v).ok_or_else(|| {
-                bad(
+            if !codec::header_ok(&v) {
+                return Err(bad(
                     "retained",
                     format!("undecodable record {:?}", String::from_utf8_lossy(&k)),
-                )
-            })?;
-            if stored.expired(now_ms) {
+                ));
+            }
+            if codec::header_expired(&v, now_ms) {
                 loaded.expired_messages += 1;
                 expired_keys.push((&self.retained, k));
             } else {
-                loaded.retained.push(stored.into_message());
+                loaded.retained += 1;
             }
         }
+        self.retained_count
+            .store(loaded.retained as u64, Ordering::Release);
 
         let mut by_client: HashMap<String, LoadedSession> = HashMap::new();
         for item in self.sessions.iter() {
@@ -599,6 +713,7 @@ impl Store {
                     client_id,
                     record,
                     outbound: Vec::new(),
+                    outbound_on_disk: Vec::new(),
                     inbound_qos2: Vec::new(),
                     will: None,
                 },
@@ -641,6 +756,21 @@ impl Store {
             if stored.expired(now_ms) && !matches!(state, Some((Stage::AwaitPubComp, _))) {
                 loaded.expired_messages += 1;
                 expired_keys.push((&self.outbound, k.clone()));
+                continue;
+            }
+            // Keys come in (client, seq) order, so the queued entries met first are
+            // the front of the queue: those are loaded, the rest stay on disk.
+            if state.is_none()
+                && (!session.outbound_on_disk.is_empty()
+                    || session
+                        .outbound
+                        .iter()
+                        .filter(|(_, _, st)| st.is_none())
+                        .count()
+                        >= self.queue_memory_window)
+            {
+                let message = stored.into_message();
+                session.outbound_on_disk.push((seq, message.weight()));
                 continue;
             }
             session.outbound.push((seq, stored.into_delivery(), state));
