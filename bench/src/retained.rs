@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
-use ferromq_codec::{ByteString, Packet, Publish, QoS};
+use ferromq_codec::{ByteString, Packet, Publish, QoS, Subscribe, SubscriptionOptions};
 
 use crate::client::{Conn, ConnOpts};
 use crate::procfs::Sampler;
@@ -71,16 +71,17 @@ pub async fn run(
 
     let mut sub = Conn::connect(&opts("bench-retain-sub")).await?;
     let t0 = Instant::now();
-    sub.subscribe(&["#".to_string()], QoS::AtMostOnce).await?;
+    // SUBSCRIBE by hand: retained PUBLISHes may arrive in the same read as the SUBACK.
+    let packet_id = sub.packet_id();
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Default::default(),
+        filters: vec![(ByteString::from("#"), SubscriptionOptions::default())],
+    }))
+    .await?;
     let mut received = 0usize;
     let mut last = Instant::now();
-    while received < count {
-        match tokio::time::timeout(STALL, sub.fill()).await {
-            Ok(r) => {
-                r?;
-            }
-            Err(_) => break,
-        }
+    loop {
         while let Some(p) = sub.try_decode()? {
             if let Packet::Publish(p) = p
                 && p.retain
@@ -88,6 +89,15 @@ pub async fn run(
                 received += 1;
                 last = Instant::now();
             }
+        }
+        if received >= count {
+            break;
+        }
+        match tokio::time::timeout(STALL, sub.fill()).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => break,
         }
     }
     let receive_s = last.saturating_duration_since(t0).as_secs_f64();
