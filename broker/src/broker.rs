@@ -386,18 +386,19 @@ impl Broker {
         if message.retain {
             self.shared.retained.write().apply(&message);
         }
-        let mut deliveries = Vec::new();
+        let mut deliveries = crate::fanout::take_buffer();
         self.shared.router.read().route(&message, &mut deliveries);
         let matched = deliveries.len();
         if matched == 0 {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
         }
-        for (session, delivery) in deliveries {
+        for (session, delivery) in deliveries.drain(..) {
             if let Err(DropReason::QueueFull) = session.deliver(delivery) {
                 Stats::add(&self.shared.stats.dropped_queue_full, 1);
                 tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
             }
         }
+        crate::fanout::return_buffer(deliveries);
         matched
     }
 

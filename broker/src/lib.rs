@@ -13,6 +13,7 @@
 //!   expiry, publish routing, subscriptions, retained messages.
 //! - [`session`]: per-session delivery state machine (queue, in-flight window, packet
 //!   ids, QoS 2 state), without I/O.
+//! - [`fanout`]: reused per-thread buffers of the fan-out path.
 //! - [`router`]: subscription index (topic trie, shared groups, overlapping
 //!   subscriptions).
 //! - [`retained`]: retained message store.
@@ -23,6 +24,7 @@
 
 pub mod broker;
 pub mod connection;
+pub mod fanout;
 pub mod message;
 pub mod retained;
 pub mod router;

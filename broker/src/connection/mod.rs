@@ -654,7 +654,7 @@ impl Connection {
     /// in-flight window.
     fn drain_session(&mut self) {
         let now = Instant::now();
-        let mut batch = Vec::new();
+        let mut batch = crate::fanout::take_outgoing();
         {
             let mut inner = self.session.lock();
             while batch.len() < MAX_BATCH {
@@ -672,9 +672,10 @@ impl Connection {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }
-        for out in batch {
+        for out in batch.drain(..) {
             self.encode_outgoing(out);
         }
+        crate::fanout::return_outgoing(batch);
     }
 
     fn encode_outgoing(&mut self, out: Outgoing) {
