@@ -35,8 +35,14 @@ use crate::stats::Stats;
 use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use handshake::Accepted;
 
-/// Initial read buffer; grows up to the maximum packet size for large packets.
+/// Read buffer of a busy connection; grows up to the maximum packet size for large
+/// packets. Allocated on demand: see [`READ_SMALL`].
 const READ_BUFFER: usize = 4 * 1024;
+/// A read shorter than this that leaves nothing buffered means the connection is idle
+/// or lightly used: its read buffer is freed (the next read starts with tokio's 64-byte
+/// chunk and grows again once a read fills the buffer). This is what keeps an idle
+/// connection's memory near 1 KB instead of carrying 4 KiB it does not use.
+const READ_SMALL: usize = 256;
 /// A write buffer that grew beyond this is released when the connection goes idle.
 const WRITE_BUFFER_KEEP: usize = 64 * 1024;
 /// How long a connection we close with a DISCONNECT keeps draining the client's input.
@@ -81,7 +87,7 @@ pub async fn serve<S>(mut stream: S, peer: SocketAddr, broker: Broker)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let mut rbuf = BytesMut::new();
     let connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
         Some(c) => c,
         None => return,
@@ -290,6 +296,8 @@ impl Connection {
                     self.wbuf = BytesMut::new();
                 }
             }
+            // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
+            let spare = (rbuf.capacity() - rbuf.len()).max(64);
             tokio::select! {
                 biased;
                 _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
@@ -307,7 +315,13 @@ impl Connection {
                         if after != before {
                             deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
                         }
-                        if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
+                        if rbuf.is_empty() && n < READ_SMALL {
+                            // Idle or light traffic: free the buffer until data comes.
+                            rbuf = BytesMut::new();
+                        } else if n >= spare {
+                            // The read filled the buffer: more is probably waiting.
+                            rbuf.reserve(READ_BUFFER);
+                        } else if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
                             rbuf = BytesMut::with_capacity(READ_BUFFER);
                         }
                     }
@@ -793,7 +807,8 @@ impl Connection {
             // input makes the kernel send RST, and a RST makes the client drop the
             // DISCONNECT it has not read yet, so it would never learn the reason.
             let _ = tokio::time::timeout(LINGER, async {
-                let mut sink = [0u8; 4096];
+                // On the heap: an array here would sit in every connection's future.
+                let mut sink = vec![0u8; 1024];
                 while let Ok(n) = stream.read(&mut sink).await {
                     if n == 0 {
                         break;
