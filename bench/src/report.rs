@@ -21,6 +21,10 @@ pub struct Report {
     pub sent_per_s: f64,
     /// Deliveries received by all subscribers per second in the measured window.
     pub delivered_per_s: f64,
+    /// PUBLISH packets sent over the whole run (warmup and drain included).
+    pub sent_total: u64,
+    /// Deliveries received over the whole run (for per-message profiler counts).
+    pub delivered_total: u64,
     pub latency_p50_us: Option<u64>,
     pub latency_p99_us: Option<u64>,
     pub latency_max_us: Option<u64>,

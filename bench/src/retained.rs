@@ -123,6 +123,8 @@ pub async fn run(
         } else {
             0.0
         },
+        sent_total: count as u64,
+        delivered_total: received as u64,
         lost: (count - received) as u64,
         connections: 2,
         broker_rss_before_kib: rss_before,

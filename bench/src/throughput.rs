@@ -294,6 +294,8 @@ pub async fn run(p: Params) -> Result<Report> {
         duration_s: measured,
         sent_per_s: (sent1 - sent0) as f64 / measured,
         delivered_per_s: (delivered1 - delivered0) as f64 / measured,
+        sent_total: sent_by.iter().sum(),
+        delivered_total: shared.delivered.load(Ordering::SeqCst),
         latency_p50_us: has_latency.then(|| hist.value_at_quantile(0.50)),
         latency_p99_us: has_latency.then(|| hist.value_at_quantile(0.99)),
         latency_max_us: has_latency.then(|| hist.max()),
