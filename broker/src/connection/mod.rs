@@ -152,6 +152,9 @@ where
         conn.encode_outgoing(out);
     }
 
+    // The decoded CONNECT is not needed any more: do not keep it for the connection's
+    // lifetime (it is ~440 bytes and pins part of the first read buffer).
+    drop(connect);
     let close = conn.run(&mut stream, rbuf).await;
     conn.finish(&mut stream, close, will).await;
     broker.stats().client_disconnected();
