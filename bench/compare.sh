@@ -49,6 +49,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 log() { echo "compare.sh: $*" >&2; }
 
