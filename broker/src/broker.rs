@@ -470,14 +470,14 @@ impl Broker {
                 self.shared.retained.write().apply(&message);
             }
         }
-        let mut deliveries = Vec::new();
+        let mut deliveries = crate::fanout::take_buffer();
         self.shared.router.read().route(&message, &mut deliveries);
         outcome.matched = deliveries.len();
         // `$SYS` statistics nobody subscribed to are not a lost message.
         if outcome.matched == 0 && !message.topic.starts_with("$SYS/") {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
         }
-        for (session, delivery) in deliveries {
+        for (session, delivery) in deliveries.drain(..) {
             match session.deliver(delivery) {
                 Ok(Some(g)) => outcome.generation = Some(g.max(outcome.generation.unwrap_or(0))),
                 Ok(None) => {}
@@ -492,6 +492,7 @@ impl Broker {
                 Err(DropReason::Expired) => {}
             }
         }
+        crate::fanout::return_buffer(deliveries);
         outcome
     }
 

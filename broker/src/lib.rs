@@ -13,6 +13,7 @@
 //!   expiry, publish routing, subscriptions, retained messages.
 //! - [`session`]: per-session delivery state machine (queue, in-flight window, packet
 //!   ids, QoS 2 state), without I/O.
+//! - [`fanout`]: reused per-thread buffers of the fan-out path.
 //! - [`router`]: subscription index (topic trie, shared groups, overlapping
 //!   subscriptions).
 //! - [`retained`]: retained message store.
@@ -33,6 +34,7 @@
 pub mod broker;
 pub mod connection;
 pub mod ctl;
+pub mod fanout;
 pub mod http;
 pub mod message;
 pub mod metrics;

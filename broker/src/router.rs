@@ -2,8 +2,8 @@
 //!
 //! Built on [`ferromq_topic::TopicTrie`], keyed per subscriber so a session has at most
 //! one subscription per filter [MQTT-3.8.4-3] and a shared-subscription group is one
-//! entry whose members take turns. Matching does not allocate per subscriber beyond
-//! the candidate list; the payload is shared by `Arc`.
+//! entry whose members take turns. Matching appends to a caller-owned (reused) `Vec`
+//! and allocates nothing per subscriber beyond `Arc` clones; the payload is shared.
 //!
 //! Overlapping subscriptions of one session produce **one** delivery at the highest
 //! granted QoS carrying every matching Subscription Identifier: required for 3.1.1
@@ -166,52 +166,57 @@ impl Router {
         self.shared_subscriptions
     }
 
-    /// Computes the deliveries of `message`: one per interested session.
+    /// Computes the deliveries of `message`: one per interested session, appended to
+    /// `out`. Allocates nothing per subscriber beyond what `out` already holds (the
+    /// caller reuses it) and the `Arc` clones; a Subscription Identifier list is only
+    /// allocated when the subscription has one.
     pub fn route(&self, message: &Arc<Message>, out: &mut Vec<(Arc<Session>, Delivery)>) {
-        let mut candidates: Vec<&Subscriber> = Vec::new();
-        self.trie
-            .for_each_match(&message.topic, |_, entry| match entry {
+        let start = out.len();
+        self.trie.for_each_match(&message.topic, |_, entry| {
+            let sub = match entry {
                 SubEntry::Direct(sub) => {
                     // No Local: not to the publisher's own session [MQTT-3.8.3-3].
                     if sub.options.no_local && message.origin == Some(sub.session.id) {
                         return;
                     }
-                    candidates.push(sub);
+                    sub
                 }
-                SubEntry::Shared(group) => {
-                    if let Some(sub) = group.pick() {
-                        candidates.push(sub);
-                    }
-                }
-            });
-        if candidates.len() > 1 {
-            candidates.sort_by_key(|s| s.session.id);
-        }
-        let mut i = 0;
-        while i < candidates.len() {
-            let first = candidates[i];
-            let mut qos = first.options.qos;
-            let mut rap = first.options.retain_as_published;
-            let mut ids: Vec<u32> = first.identifier.into_iter().collect();
-            let mut j = i + 1;
-            while j < candidates.len() && candidates[j].session.id == first.session.id {
-                let s = candidates[j];
-                qos = qos.max(s.options.qos);
-                rap |= s.options.retain_as_published;
-                ids.extend(s.identifier);
-                j += 1;
-            }
+                SubEntry::Shared(group) => match group.pick() {
+                    Some(sub) => sub,
+                    None => return,
+                },
+            };
             out.push((
-                first.session.clone(),
+                sub.session.clone(),
                 Delivery {
                     message: message.clone(),
-                    qos: message.qos.min(qos),
-                    retain: rap && message.retain,
-                    subscription_ids: ids,
+                    qos: message.qos.min(sub.options.qos),
+                    retain: sub.options.retain_as_published && message.retain,
+                    subscription_ids: sub.identifier.into_iter().collect(),
                 },
             ));
-            i = j;
+        });
+        if out.len() - start < 2 {
+            return;
         }
+        // Overlapping subscriptions of one session: merge into one delivery at the
+        // highest QoS with every identifier (sorted, so the order is deterministic).
+        out[start..].sort_unstable_by_key(|(session, _)| session.id);
+        let mut write = start;
+        for read in start + 1..out.len() {
+            if out[read].0.id == out[write].0.id {
+                let (merged, rest) = out.split_at_mut(read);
+                let (into, from) = (&mut merged[write].1, &mut rest[0].1);
+                into.qos = into.qos.max(from.qos);
+                into.retain |= from.retain;
+                into.subscription_ids.append(&mut from.subscription_ids);
+                into.subscription_ids.sort_unstable();
+            } else {
+                write += 1;
+                out.swap(write, read);
+            }
+        }
+        out.truncate(write + 1);
     }
 }
 

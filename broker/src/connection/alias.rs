@@ -9,7 +9,11 @@ use std::collections::HashMap;
 /// Aliases the client assigns in its PUBLISHes, up to our Topic Alias Maximum.
 #[derive(Debug)]
 pub struct InboundAliases {
+    /// The Topic Alias Maximum we announced.
+    maximum: u16,
     /// Index = alias; slot 0 unused (alias 0 is not permitted [MQTT-3.3.2-8]).
+    /// Allocated on the first alias a client sets: most clients never use aliases
+    /// and an idle connection should not carry the table.
     slots: Vec<Option<ByteString>>,
 }
 
@@ -27,7 +31,8 @@ pub enum AliasError {
 impl InboundAliases {
     pub fn new(maximum: u16) -> Self {
         InboundAliases {
-            slots: vec![None; usize::from(maximum) + 1],
+            maximum,
+            slots: Vec::new(),
         }
     }
 
@@ -42,12 +47,19 @@ impl InboundAliases {
             None => Ok(topic.clone()),
             Some(a) => {
                 let slot = usize::from(a);
-                if a == 0 || slot >= self.slots.len() {
+                if a == 0 || a > self.maximum {
                     return Err(AliasError::Invalid);
                 }
                 if topic.is_empty() {
-                    self.slots[slot].clone().ok_or(AliasError::Unknown)
+                    self.slots
+                        .get(slot)
+                        .cloned()
+                        .flatten()
+                        .ok_or(AliasError::Unknown)
                 } else {
+                    if self.slots.is_empty() {
+                        self.slots = vec![None; usize::from(self.maximum) + 1];
+                    }
                     self.slots[slot] = Some(topic.clone());
                     Ok(topic.clone())
                 }
