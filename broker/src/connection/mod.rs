@@ -719,14 +719,28 @@ impl Connection {
                 p.properties,
                 Some(self.session.id),
             );
-            outcome = self.broker.publish(message);
-            if p.qos == QoS::ExactlyOnce {
-                // The packet id is durable before PUBREC, so a PUBLISH resent after a
-                // restart is recognised and not delivered twice [MQTT-4.3.3-9]. It is
-                // written after the routing writes: sled recovers a prefix of its log,
-                // so a durable id implies the message it stands for is durable too.
-                let pid = p.packet_id;
-                generation = self.store_write(|s, c| s.put_inbound(c, pid));
+            match (&self.store, p.qos) {
+                (Some(store), QoS::ExactlyOnce) => {
+                    // The packet id is durable before PUBREC, together with the
+                    // deliveries it stands for, so a PUBLISH resent after a restart is
+                    // neither lost nor delivered twice [MQTT-4.3.3-9].
+                    let store = store.clone();
+                    let broker = self.broker.clone();
+                    let (routed, written) = store.route_qos2_atomically(
+                        &self.session.client_id,
+                        p.packet_id,
+                        || broker.publish(message),
+                    );
+                    outcome = routed;
+                    match written {
+                        Ok(g) => generation = Some(g),
+                        Err(e) => {
+                            tracing::warn!(client_id = %self.session.client_id, error = %e, "cannot store a QoS 2 message");
+                            outcome.store_failed = true;
+                        }
+                    }
+                }
+                _ => outcome = self.broker.publish(message),
             }
         } else if too_big {
             Stats::add(&self.broker.stats().dropped_payload_too_large, 1);

@@ -46,10 +46,19 @@ use std::time::Instant;
 
 use ferromq_config::{Durability, PersistenceConfig};
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 use tokio::sync::{Notify, watch};
 
 use crate::message::{Delivery, Message};
 use crate::session::state::Stage;
+
+thread_local! {
+    /// Queue writes collected while a QoS 2 message is routed (see
+    /// [`Store::route_qos2_atomically`]); routing is synchronous, so the collection
+    /// never spans an `.await` or another task.
+    static COLLECTED: std::cell::RefCell<Option<Vec<(Vec<u8>, Vec<u8>)>>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// The format this version reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -497,11 +506,53 @@ impl Store {
         seq: u64,
         delivery: &Delivery,
     ) -> Result<u64, StoreError> {
-        self.outbound.insert(
-            codec::session_key(client_id, &seq.to_be_bytes()),
-            codec::encode_delivery(delivery),
-        )?;
-        Ok(self.wrote())
+        let key = codec::session_key(client_id, &seq.to_be_bytes());
+        let value = codec::encode_delivery(delivery);
+        let pending = COLLECTED.with(|c| match c.borrow_mut().as_mut() {
+            Some(writes) => {
+                writes.push((key, value));
+                None
+            }
+            None => Some((key, value)),
+        });
+        match pending {
+            // Collected: written by `route_qos2_atomically` in one transaction.
+            None => Ok(self.generation()),
+            Some((key, value)) => {
+                self.outbound.insert(key, value)?;
+                Ok(self.wrote())
+            }
+        }
+    }
+
+    /// Runs `route` (which queues a QoS 2 message for persistent sessions) with their
+    /// queue writes collected, then writes them and the publisher's inbound packet id
+    /// in one sled transaction. Either both are on disk or neither: a PUBLISH resent
+    /// after a crash is then recognised as a duplicate exactly when its deliveries
+    /// were stored, so it is neither lost nor delivered twice [MQTT-4.3.3-9].
+    pub fn route_qos2_atomically<R>(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+        route: impl FnOnce() -> R,
+    ) -> (R, Result<u64, StoreError>) {
+        COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let routed = route();
+        let writes = COLLECTED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let inbound_key = codec::session_key(client_id, &packet_id.to_be_bytes());
+        let result: sled::transaction::TransactionResult<(), ()> =
+            (&self.outbound, &self.inbound).transaction(|(outbound, inbound)| {
+                for (k, v) in &writes {
+                    outbound.insert(k.as_slice(), v.as_slice())?;
+                }
+                inbound.insert(inbound_key.as_slice(), Vec::<u8>::new())?;
+                Ok(())
+            });
+        let written = match result {
+            Ok(()) => Ok(self.wrote()),
+            Err(e) => Err(StoreError(format!("{e:?}"))),
+        };
+        (routed, written)
     }
 
     pub fn set_outbound_state(
