@@ -107,35 +107,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def non_loopback_ipv4() -> str | None:
-    """An IPv4 address of this host that is not loopback, if it has one. Found with a
-    UDP socket's `connect` (which sends nothing) and `hostname -I` as a fallback."""
-    candidates = []
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            candidates.append(s.getsockname()[0])
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout
-        candidates += out.split()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for ip in candidates:
-        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", ip) and not ip.startswith("127.") and ip != "0.0.0.0":
-            return ip
-    return None
-
-
-# PromQL words that look like metric names but are not.
-_PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "by", "without", "rate", "irate", "increase", "deriv",
-    "histogram_quantile", "predict_linear", "clamp_min", "clamp_max", "and", "or", "unless",
-    "on", "ignoring", "group_left", "group_right", "offset", "bool", "label_values", "abs",
-}
-
-
 def metric_names_in(expr: str) -> set[str]:
     """Metric names referenced by a PromQL expression (or a Grafana template query):
     identifiers outside strings, label matchers and ranges that are not functions,
