@@ -107,6 +107,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# PromQL words that look like metric names but are not.
+_PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "by", "without", "rate", "irate", "increase", "deriv",
+    "histogram_quantile", "predict_linear", "clamp_min", "clamp_max", "and", "or", "unless",
+    "on", "ignoring", "group_left", "group_right", "offset", "bool", "label_values", "abs",
+}
+
+
 def metric_names_in(expr: str) -> set[str]:
     """Metric names referenced by a PromQL expression (or a Grafana template query):
     identifiers outside strings, label matchers and ranges that are not functions,

@@ -119,7 +119,10 @@ impl Broker {
 
     /// Bytes held by retained messages (topic + payload + overhead per message).
     pub fn retained_bytes(&self) -> usize {
-        self.shared.retained.read().bytes()
+        match self.store() {
+            Some(store) => store.retained_bytes(),
+            None => self.shared.retained.read().bytes(),
+        }
     }
 
     /// Disconnects the client's connection (v5 clients get DISCONNECT with `reason`);
@@ -141,11 +144,17 @@ impl Broker {
 
     /// The retained message of `topic`, if any.
     pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
+        if let Some(store) = self.store() {
+            return store.get_retained(topic);
+        }
         self.shared.retained.read().get(topic, Instant::now())
     }
 
     /// Up to `limit` retained messages matching `filter`, and whether more matched.
     pub fn retained_list(&self, filter: &str, limit: usize) -> (Vec<Arc<Message>>, bool) {
+        if let Some(store) = self.store() {
+            return store.list_retained(filter, limit);
+        }
         let mut all = self.shared.retained.read().matching(filter, Instant::now());
         all.sort_by(|a, b| a.topic.cmp(&b.topic));
         let more = all.len() > limit;
@@ -165,6 +174,14 @@ impl Broker {
             PublishProperties::default(),
             None,
         );
+        if let Some(disk) = self.store() {
+            let existed = disk.get_retained(topic).is_some();
+            if let Err(e) = disk.remove_retained(topic) {
+                tracing::warn!(topic, error = %e, "cannot delete a retained message");
+                return false;
+            }
+            return existed;
+        }
         let mut store = self.shared.retained.write();
         if store.get(topic, Instant::now()).is_none() {
             // Also drop an expired leftover, so it does not count in the totals.

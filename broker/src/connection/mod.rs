@@ -726,11 +726,10 @@ impl Connection {
                     // neither lost nor delivered twice [MQTT-4.3.3-9].
                     let store = store.clone();
                     let broker = self.broker.clone();
-                    let (routed, written) = store.route_qos2_atomically(
-                        &self.session.client_id,
-                        p.packet_id,
-                        || broker.publish(message),
-                    );
+                    let (routed, written) =
+                        store.route_qos2_atomically(&self.session.client_id, p.packet_id, || {
+                            broker.publish(message)
+                        });
                     outcome = routed;
                     match written {
                         Ok(g) => generation = Some(g),

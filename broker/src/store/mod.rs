@@ -52,11 +52,14 @@ use tokio::sync::{Notify, watch};
 use crate::message::{Delivery, Message};
 use crate::session::state::Stage;
 
+/// A raw key and value for the store.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 thread_local! {
     /// Queue writes collected while a QoS 2 message is routed (see
     /// [`Store::route_qos2_atomically`]); routing is synchronous, so the collection
     /// never spans an `.await` or another task.
-    static COLLECTED: std::cell::RefCell<Option<Vec<(Vec<u8>, Vec<u8>)>>> =
+    static COLLECTED: std::cell::RefCell<Option<Vec<KeyValue>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -180,6 +183,8 @@ pub struct Store {
     /// Records in `retained`, kept exactly from sled's insert/remove results
     /// (`Tree::len` walks the whole tree).
     retained_count: AtomicU64,
+    /// Bytes of the retained records (keys and values), for the metrics.
+    retained_bytes: AtomicU64,
     queue_memory_window: usize,
     durability: Durability,
     written: AtomicU64,
@@ -364,6 +369,7 @@ impl Store {
             wills: tree("wills")?,
             retained: tree("retained")?,
             retained_count: AtomicU64::new(0),
+            retained_bytes: AtomicU64::new(0),
             queue_memory_window: cfg.queue_memory_window.max(1),
             path: dir,
             db,
@@ -538,10 +544,12 @@ impl Store {
     ) -> (R, Result<u64, StoreError>) {
         COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
         let routed = route();
-        let writes = COLLECTED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let writes = COLLECTED
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_default();
         let inbound_key = codec::session_key(client_id, &packet_id.to_be_bytes());
-        let result: sled::transaction::TransactionResult<(), ()> =
-            (&self.outbound, &self.inbound).transaction(|(outbound, inbound)| {
+        let result: sled::transaction::TransactionResult<(), ()> = (&self.outbound, &self.inbound)
+            .transaction(|(outbound, inbound)| {
                 for (k, v) in &writes {
                     outbound.insert(k.as_slice(), v.as_slice())?;
                 }
@@ -618,12 +626,23 @@ impl Store {
         if message.payload.is_empty() {
             self.remove_retained(&message.topic)
         } else {
-            let old = self
-                .retained
-                .insert(message.topic.as_bytes(), codec::encode_message(message))?;
-            if old.is_none() {
-                self.retained_count.fetch_add(1, Ordering::AcqRel);
+            let value = codec::encode_message(message);
+            let added = (message.topic.len() + value.len()) as u64;
+            let old = self.retained.insert(message.topic.as_bytes(), value)?;
+            match old {
+                None => {
+                    self.retained_count.fetch_add(1, Ordering::AcqRel);
+                }
+                Some(old) => {
+                    let gone = (message.topic.len() + old.len()) as u64;
+                    let _ = self.retained_bytes.fetch_update(
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                        |b| Some(b.saturating_sub(gone)),
+                    );
+                }
             }
+            self.retained_bytes.fetch_add(added, Ordering::AcqRel);
             Ok(self.wrote())
         }
     }
@@ -634,10 +653,54 @@ impl Store {
     }
 
     fn remove_retained_key(&self, key: &[u8]) -> Result<(), StoreError> {
-        if self.retained.remove(key)?.is_some() {
+        if let Some(old) = self.retained.remove(key)? {
             self.retained_count.fetch_sub(1, Ordering::AcqRel);
+            let gone = (key.len() + old.len()) as u64;
+            let _ = self
+                .retained_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some(b.saturating_sub(gone))
+                });
         }
         Ok(())
+    }
+
+    /// Bytes of the retained records on disk (keys and values).
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes.load(Ordering::Acquire) as usize
+    }
+
+    /// The live retained message of `topic`, read from disk.
+    pub fn get_retained(&self, topic: &str) -> Option<Arc<Message>> {
+        let v = self.retained.get(topic.as_bytes()).ok()??;
+        let stored = codec::decode(&v)?;
+        if stored.expired(codec::now_unix_ms()) {
+            return None;
+        }
+        Some(stored.into_message())
+    }
+
+    /// Up to `limit` live retained messages matching `filter` (admin listing), in topic
+    /// order, and whether more matched.
+    pub fn list_retained(&self, filter: &str, limit: usize) -> (Vec<Arc<Message>>, bool) {
+        let now = codec::now_unix_ms();
+        let mut out = Vec::new();
+        for item in self.retained.iter() {
+            let Ok((k, v)) = item else { break };
+            let Ok(topic) = std::str::from_utf8(&k) else {
+                continue;
+            };
+            if !ferromq_topic::matches(filter, topic) {
+                continue;
+            }
+            if let Some(stored) = codec::decode(&v).filter(|s| !s.expired(now)) {
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push(stored.into_message());
+            }
+        }
+        (out, false)
     }
 
     /// Retained messages in the store.
@@ -746,6 +809,8 @@ impl Store {
                 expired_keys.push((&self.retained, k));
             } else {
                 loaded.retained += 1;
+                self.retained_bytes
+                    .fetch_add((k.len() + v.len()) as u64, Ordering::AcqRel);
             }
         }
         self.retained_count
