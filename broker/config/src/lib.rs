@@ -48,8 +48,9 @@ pub use env::{LISTEN_VAR, NOT_BROKER_CONFIG};
 pub use error::{ConfigError, ConfigErrors, Location, UnsupportedFeature};
 pub use load::{CliOverrides, FileFormat, load, load_from_process_env, load_str};
 pub use model::{
-    Config, DEFAULT_PORT, ListenerConfig, ListenerProtocol, LogConfig, LogFormat,
-    MAX_PACKET_SIZE_LIMIT, MqttConfig, ParseLogFormatError, PersistenceConfig, SysConfig,
+    AuthConfig, Config, DEFAULT_PORT, LimitsConfig, ListenerConfig, ListenerProtocol, LogConfig,
+    LogFormat, MAX_PACKET_SIZE_LIMIT, MqttConfig, ParseLogFormatError, PersistenceConfig,
+    SysConfig,
 };
 
 /// The default configuration as a commented TOML file: the content of the shipped
