@@ -26,8 +26,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Security;
+use crate::limits::{Admission, ConnectionGate, Refusal};
 use crate::message::{Delivery, Message, SessionId};
-use crate::retained::RetainedStore;
+use crate::retained::{OverBudget, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord};
 use crate::stats::Stats;
@@ -63,6 +65,17 @@ struct Shared {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
+    security: Security,
+    gate: ConnectionGate,
+    /// Uptime second of the last "retained budget reached" log line (one per second).
+    retained_budget_logged: AtomicU64,
+}
+
+/// Why a PUBLISH was refused as a whole (neither stored nor routed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// A retained message above `limits.retained_max_bytes`.
+    RetainedBudget,
 }
 
 /// Handle to the broker's shared state.
@@ -86,7 +99,16 @@ pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl Broker {
+    /// A broker with the password and ACL files of `config` (failing closed if they
+    /// cannot be read: see [`Security::load_or_fail_closed`]).
     pub fn new(config: Arc<Config>) -> Broker {
+        let security = Security::load_or_fail_closed(&config);
+        Broker::with_security(config, security)
+    }
+
+    /// A broker with authentication state loaded by the caller.
+    pub fn with_security(config: Arc<Config>, security: Security) -> Broker {
+        let gate = ConnectionGate::new(&config.limits, crate::limits::fd_limit());
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -99,7 +121,33 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
+                security,
+                gate,
+                retained_budget_logged: AtomicU64::new(u64::MAX),
             }),
+        }
+    }
+
+    /// Authentication and ACLs.
+    pub fn security(&self) -> &Security {
+        &self.shared.security
+    }
+
+    /// Whether a socket just accepted from `peer` on `listener` may become a
+    /// connection (`limits.max_connections`, `limits.connection_rate_per_ip`). Keep the
+    /// [`Admission`] for the connection's lifetime; a refused socket is to be closed at
+    /// once (the refusal is logged and counted here).
+    pub fn admit(&self, peer: std::net::SocketAddr, listener: &str) -> Option<Admission> {
+        match self.shared.gate.admit(peer, listener) {
+            Ok(a) => Some(a),
+            Err(Refusal::MaxConnections) => {
+                Stats::add(&self.shared.stats.connections_refused_max, 1);
+                None
+            }
+            Err(Refusal::RateExceeded) => {
+                Stats::add(&self.shared.stats.connections_refused_rate, 1);
+                None
+            }
         }
     }
 
@@ -381,13 +429,62 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and applies it to the retained store.
-    /// Returns the number of sessions it was queued for.
+    /// Returns the number of sessions it was queued for. For the broker's own messages
+    /// (wills, `$SYS`): one above the retained budget is still routed, just not stored.
     pub fn publish(&self, message: Arc<Message>) -> usize {
-        if message.retain {
-            self.shared.retained.write().apply(&message);
+        if message.retain && self.retain(&message).is_err() {
+            tracing::debug!(topic = %message.topic, "retained budget reached: message routed but not retained");
         }
+        self.route(message)
+    }
+
+    /// A client's PUBLISH: as [`Broker::publish`], but a retained message above
+    /// `limits.retained_max_bytes` is refused as a whole (v5 answers 0x97).
+    pub fn try_publish(&self, message: Arc<Message>) -> Result<usize, PublishRefused> {
+        if message.retain && self.retain(&message).is_err() {
+            return Err(PublishRefused::RetainedBudget);
+        }
+        Ok(self.route(message))
+    }
+
+    fn retain(&self, message: &Arc<Message>) -> Result<(), OverBudget> {
+        let max = self.config().limits.retained_max_bytes;
+        let result = self.shared.retained.write().apply(message, max);
+        if result.is_err() {
+            Stats::add(&self.shared.stats.retained_over_budget, 1);
+            // One log line per second at most: a flood must not become a log flood.
+            let now = self.uptime().as_secs();
+            if self
+                .shared
+                .retained_budget_logged
+                .swap(now, Ordering::Relaxed)
+                != now
+            {
+                tracing::warn!(
+                    topic = %message.topic,
+                    bytes = message.weight(),
+                    limit = max,
+                    "retained message not stored: limits.retained_max_bytes reached"
+                );
+            }
+        }
+        result
+    }
+
+    /// Queues `message` for every matching session allowed to read it.
+    fn route(&self, message: Arc<Message>) -> usize {
         let mut deliveries = Vec::new();
         self.shared.router.read().route(&message, &mut deliveries);
+        // Read ACL (Mosquitto checks it per delivery, so wildcard subscriptions only
+        // get what the client may read). Nothing to do, and no lock, without an ACL.
+        if let Some(acl) = self.shared.security.acl() {
+            let before = deliveries.len();
+            deliveries.retain(|(session, _)| session.may_read(&acl, &message.topic));
+            let denied = before - deliveries.len();
+            if denied > 0 {
+                Stats::add(&self.shared.stats.acl_read_denied, denied as u64);
+            }
+        }
         let matched = deliveries.len();
         if matched == 0 {
             Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);

@@ -19,10 +19,14 @@
 //! - [`message`]: the shared, reference-counted application message.
 //! - [`sys`]: `$SYS/broker/...` statistics.
 //! - [`stats`]: broker-wide counters.
+//! - [`auth`]: password file, ACL file, failed-login limits (`Security`).
+//! - [`limits`]: connection gate, per-address tables, publish throttle, fd limit.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod connection;
+pub mod limits;
 pub mod message;
 pub mod retained;
 pub mod router;

@@ -19,18 +19,32 @@ pub struct RetainedStore {
     bytes: usize,
 }
 
+/// A retained message was not stored: the store would exceed its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
 impl RetainedStore {
     /// Applies a retained PUBLISH: store, replace, or clear on an empty payload.
-    pub fn apply(&mut self, message: &Arc<Message>) {
+    ///
+    /// Bound `limits.retained_max_bytes` (`max_bytes`, by [`Message::weight`]): a
+    /// message that would take the store above it is not stored ([`OverBudget`]) and
+    /// the topic keeps its previous message; replacing a message with a smaller one and
+    /// clearing always succeed.
+    pub fn apply(&mut self, message: &Arc<Message>, max_bytes: usize) -> Result<(), OverBudget> {
         let old = if message.payload.is_empty() {
             self.tree.remove(&message.topic)
         } else {
+            let replaced = self.tree.get(&message.topic).map_or(0, |m| m.weight());
+            if self.bytes - replaced + message.weight() > max_bytes {
+                return Err(OverBudget);
+            }
             self.bytes += message.weight();
             self.tree.insert(&message.topic, message.clone())
         };
         if let Some(old) = old {
             self.bytes -= old.weight();
         }
+        Ok(())
     }
 
     /// Retained messages matching `filter` that have not expired.

@@ -37,6 +37,9 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+    /// The password or ACL file cannot be used: a configuration error (exit 78).
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityError),
 }
 
 /// A bound listener, as reported in the ready file.
@@ -61,6 +64,9 @@ fn protocol_name(p: &ListenerProtocol) -> &'static str {
 impl Server {
     /// Binds every configured listener; the first failure is returned, naming it.
     pub async fn bind(config: Arc<Config>) -> Result<Server, ServerError> {
+        // The password and ACL files are part of the configuration: read them before
+        // any port is bound.
+        let security = crate::auth::Security::load(&config)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let socket = TcpListener::bind(l.bind)
@@ -73,7 +79,7 @@ impl Server {
             listeners.push((l.clone(), socket));
         }
         Ok(Server {
-            broker: Broker::new(config),
+            broker: Broker::with_security(config, security),
             listeners,
         })
     }
@@ -118,6 +124,7 @@ impl Server {
             tokio::spawn(accept_loop(cfg, listener, broker.clone()));
         }
         crate::sys::spawn(&broker);
+        crate::auth::spawn_reloader(&broker);
         shutdown.await;
         tracing::info!("shutting down");
         broker.shutdown_token().cancel();
@@ -150,6 +157,11 @@ async fn accept_loop(cfg: ListenerConfig, listener: TcpListener, broker: Broker)
                 continue;
             }
         };
+        // Broker-wide limits (total connections, rate per address): a refused socket
+        // is closed at once; the gate logs it.
+        let Some(admission) = broker.admit(peer, &name) else {
+            continue;
+        };
         let permit = match &limit {
             Some(sem) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
@@ -165,6 +177,7 @@ async fn accept_loop(cfg: ListenerConfig, listener: TcpListener, broker: Broker)
         broker.tasks().spawn(async move {
             connection::serve(socket, peer, b).await;
             drop(permit);
+            drop(admission);
         });
     }
 }

@@ -29,6 +29,26 @@ pub struct Stats {
     pub dropped_too_large: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
+    /// CONNECTs refused for bad credentials or missing authorisation.
+    pub auth_failures: AtomicU64,
+    /// CONNECTs refused at once because their address had too many failed logins.
+    pub auth_blocked: AtomicU64,
+    /// PUBLISHes the ACL refused (write).
+    pub acl_publish_denied: AtomicU64,
+    /// Subscriptions the ACL refused.
+    pub acl_subscribe_denied: AtomicU64,
+    /// Deliveries (live and retained) the ACL refused (read).
+    pub acl_read_denied: AtomicU64,
+    /// Retained PUBLISHes refused because `limits.retained_max_bytes` was reached.
+    pub retained_over_budget: AtomicU64,
+    /// Subscriptions refused by `limits.max_subscriptions_per_client`.
+    pub subscription_quota_exceeded: AtomicU64,
+    /// Sockets closed at accept by `limits.max_connections`.
+    pub connections_refused_max: AtomicU64,
+    /// Sockets closed at accept by `limits.connection_rate_per_ip`.
+    pub connections_refused_rate: AtomicU64,
+    /// Times a connection stopped reading because of its publish rate limit.
+    pub publish_throttled: AtomicU64,
 }
 
 impl Stats {

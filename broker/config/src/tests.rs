@@ -862,14 +862,20 @@ fn mosquitto_password_and_acl_files_map_onto_auth() {
          password_file /pw\n",
     ));
     assert_eq!(c.auth.password_file.as_deref(), Some(Path::new("/pw")));
-    assert!(c.notes.iter().any(|n| n.contains("applies to every listener")));
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.contains("applies to every listener"))
+    );
     let e = errors(mosquitto(
         "per_listener_settings true\nlistener 1883\nacl_file /a\nlistener 1884\nacl_file /b\n",
     ));
     assert_eq!(
         e,
-        ["`acl_file /b` (from mosquitto.conf:5): a different acl_file (`/a`) was given at \
-          mosquitto.conf:3; ferromq applies one acl_file to every listener"]
+        [
+            "`acl_file /b` (from mosquitto.conf:5): a different acl_file (`/a`) was given at \
+          mosquitto.conf:3; ferromq applies one acl_file to every listener"
+        ]
     );
     assert_eq!(
         errors(mosquitto("listener 1883\npassword_file\n")),
@@ -884,7 +890,10 @@ fn mosquitto_max_connections_outside_a_listener_is_global() {
     ));
     assert_eq!(c.limits.max_connections, Some(300));
     assert_eq!(
-        (c.listeners[0].max_connections, c.listeners[1].max_connections),
+        (
+            c.listeners[0].max_connections,
+            c.listeners[1].max_connections
+        ),
         (Some(100), None)
     );
     assert_eq!(c.listeners.len(), 2, "no default listener is created");
@@ -907,7 +916,10 @@ fn auth_and_limits_keys_from_env_and_their_rules() {
     assert_eq!(c.limits.max_connections, None);
     assert_eq!(c.mqtt.connect_timeout, Duration::from_millis(500));
     // An empty path means none.
-    assert_eq!(ok(env(&[("FERROMQ_AUTH_ACL_FILE", "")])).auth.acl_file, None);
+    assert_eq!(
+        ok(env(&[("FERROMQ_AUTH_ACL_FILE", "")])).auth.acl_file,
+        None
+    );
 
     let e = errors(toml(
         "[auth]\nacl_subscribe_failure_code = 0x81\nfailure_window = 0\n\
@@ -918,8 +930,14 @@ fn auth_and_limits_keys_from_env_and_their_rules() {
     assert!(e.iter().any(|l| l.starts_with(
         "`auth.acl_subscribe_failure_code` = 129 (from ferromq.toml:2): must be 128"
     )));
-    assert!(e.iter().any(|l| l.starts_with("`mqtt.max_topic_length` = 70000")));
-    assert!(e.iter().any(|l| l.starts_with("`limits.max_subscriptions_per_client` = 0")));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("`mqtt.max_topic_length` = 70000"))
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("`limits.max_subscriptions_per_client` = 0"))
+    );
 }
 
 #[test]

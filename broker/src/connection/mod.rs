@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferromq_codec::{
-    AckProperties, ByteString, Connect, DecodeError, Disconnect, Packet, ProtocolVersion, PubResp,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    AckProperties, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, ProtocolVersion,
+    PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::broker::{Broker, PendingWill};
+use crate::auth::{Identity, LoginError, Op, Subject};
+use crate::broker::{Broker, PendingWill, PublishRefused};
+use crate::limits::PublishThrottle;
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing};
 use crate::session::{Link, Session};
@@ -43,6 +45,10 @@ const WRITE_BUFFER_KEEP: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 /// Most packets encoded per wake-up before the batch is written.
 const MAX_BATCH: usize = 1024;
+/// Most message bytes (by `Message::weight`) moved from the session queue into the
+/// write buffer per wake-up: with large messages, `MAX_BATCH` alone would let the
+/// write buffer of a client that reads nothing hold up to 1024 × the packet size.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a connection ended; decides the will and the log line.
 #[derive(Debug)]
@@ -87,15 +93,24 @@ where
         None => return,
     };
     let cfg = broker.mqtt().clone();
-    let accepted = match handshake::accept(&connect, &cfg, cfg.allow_anonymous) {
+    let anonymous_allowed = cfg.allow_anonymous;
+    let identity = match login(&broker, &connect, peer, anonymous_allowed) {
+        Ok(identity) => identity,
+        Err(code) => {
+            let ack = ConnAck {
+                reason_code: code,
+                ..Default::default()
+            };
+            send_refusal(&mut stream, connect.protocol, ack).await;
+            return;
+        }
+    };
+    let accepted = match handshake::accept(&connect, &cfg, &identity, broker.security()) {
         Ok(a) => a,
         Err(refused) => {
             tracing::info!(client_id = %connect.client_id, addr = %peer, reason = %refused.0, "connection refused");
             let ack = handshake::refusal(connect.protocol, refused);
-            let mut out = BytesMut::new();
-            if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
-                let _ = stream.write_all(&out).await;
-            }
+            send_refusal(&mut stream, connect.protocol, ack).await;
             return;
         }
     };
@@ -106,6 +121,8 @@ where
             accepted.session_expiry,
         )
         .await;
+    // Read ACL checks of deliveries to this session use the latest login's username.
+    opened.session.lock().username = identity.username.clone();
     let ack = handshake::connack(&accepted, &connect, &cfg, opened.session_present);
     let will = handshake::pending_will(&connect, opened.session.id);
     tracing::info!(
@@ -137,6 +154,9 @@ where
         wbuf: BytesMut::new(),
         accepted,
         cfg,
+        identity,
+        throttle: PublishThrottle::new(&broker.config().limits, Instant::now()),
+        quota_logged: false,
     };
     conn.encode(&Packet::ConnAck(ack));
     // Resend what was in flight when the session was last connected, then whatever
@@ -149,6 +169,57 @@ where
     let close = conn.run(&mut stream, rbuf).await;
     conn.finish(&mut stream, close, will).await;
     broker.stats().client_disconnected();
+}
+
+/// Authenticates a CONNECT ([`crate::auth::Security::login`]); on failure, counts and
+/// logs it (naming the address and username, never the password) and returns the
+/// CONNACK code that refuses it: 0x86 / 0x87 / 0x9F for v5, 0x05 for 3.1.x, as
+/// Mosquitto answers.
+fn login(
+    broker: &Broker,
+    connect: &Connect,
+    peer: SocketAddr,
+    anonymous_allowed: bool,
+) -> Result<Identity, ReasonCode> {
+    let username = connect.username.as_deref();
+    match broker.security().login(
+        peer.ip(),
+        username,
+        connect.password.as_deref(),
+        anonymous_allowed,
+    ) {
+        Ok(identity) => Ok(identity),
+        Err(e) => {
+            let stats = broker.stats();
+            if e == LoginError::Blocked {
+                Stats::add(&stats.auth_blocked, 1);
+                tracing::info!(addr = %peer, client_id = %connect.client_id, username = ?username, "connection refused: too many failed logins from this address");
+            } else {
+                Stats::add(&stats.auth_failures, 1);
+                tracing::warn!(addr = %peer, client_id = %connect.client_id, username = ?username, reason = ?e, "connection refused: login failed");
+            }
+            Err(if connect.protocol.is_v5() {
+                e.reason_code()
+            } else {
+                e.v3_return_code()
+            })
+        }
+    }
+}
+
+/// Writes a refusing CONNACK (best effort: the socket closes right after).
+async fn send_refusal<S>(stream: &mut S, protocol: ProtocolVersion, ack: ConnAck)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    if ferromq_codec::encode(&Packet::ConnAck(ack), protocol, &mut out).is_ok() {
+        let _ = tokio::time::timeout(LINGER, async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        })
+        .await;
+    }
 }
 
 /// Reads the first packet, which must be a CONNECT [MQTT-3.1.0-1], within the connect
@@ -251,11 +322,25 @@ struct Connection {
     inbound_aliases: InboundAliases,
     outbound_aliases: OutboundAliases,
     wbuf: BytesMut,
+    /// Who logged in, for ACL checks.
+    identity: Identity,
+    /// `limits.publish_rate_*`: while in debt, the socket is not read.
+    throttle: PublishThrottle,
+    /// The subscription quota refusal was logged for this connection.
+    quota_logged: bool,
 }
 
 impl Connection {
     fn v5(&self) -> bool {
         self.protocol.is_v5()
+    }
+
+    /// This client, for ACL checks.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            username: self.identity.username.as_deref(),
+            client_id: &self.session.client_id,
+        }
     }
 
     async fn run<S>(&mut self, stream: &mut S, mut rbuf: BytesMut) -> Close
@@ -266,6 +351,7 @@ impl Connection {
             .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+        let mut was_paused = false;
         let max_in = self.cfg.max_packet_size as usize;
         // Anything that arrived together with the CONNECT.
         if !rbuf.is_empty()
@@ -290,11 +376,29 @@ impl Connection {
                     self.wbuf = BytesMut::new();
                 }
             }
+            // Publish rate limit: while in debt, do not read the socket (TCP flow control
+            // then slows the client down); deliveries to it go on.
+            let pause = if self.throttle.is_active() {
+                self.throttle.pause(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let paused = !pause.is_zero();
+            if paused && !was_paused {
+                Stats::add(&self.broker.stats().publish_throttled, 1);
+                tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
+            }
+            was_paused = paused;
             tokio::select! {
                 biased;
                 _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
                 _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
-                read = stream.read_buf(&mut rbuf) => match read {
+                _ = tokio::time::sleep(pause), if paused => {
+                    // The client's PINGREQs waited unread in the socket: its keep alive
+                    // starts again now.
+                    deadline = deadline.max(tokio::time::Instant::now() + keep_alive.unwrap_or(far));
+                }
+                read = stream.read_buf(&mut rbuf), if !paused => match read {
                     Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
                     Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
                     Ok(n) => {
@@ -314,7 +418,7 @@ impl Connection {
                     Err(e) => return Close::Network(e.to_string()),
                 },
                 _ = self.session.wait_for_work() => {}
-                _ = tokio::time::sleep_until(deadline) => return Close::KeepAlive,
+                _ = tokio::time::sleep_until(deadline), if !paused => return Close::KeepAlive,
             }
         }
     }
@@ -461,6 +565,18 @@ impl Connection {
                 "too many topic levels",
             ));
         }
+        if topic.len() > self.cfg.max_topic_length {
+            return Err(Close::protocol(
+                ReasonCode::TOPIC_NAME_INVALID,
+                format!(
+                    "topic name of {} bytes is longer than mqtt.max_topic_length",
+                    topic.len()
+                ),
+            ));
+        }
+        if self.throttle.is_active() {
+            self.throttle.charge(p.payload.len(), Instant::now());
+        }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
                 ReasonCode::PROTOCOL_ERROR,
@@ -484,6 +600,21 @@ impl Connection {
             .max_payload_size
             .is_some_and(|max| p.payload.len() > max as usize);
 
+        // Publish ACL: v5 learns it from PUBACK / PUBREC 0x87 (the QoS 2 flow ends
+        // there [MQTT-4.3.3-?]); 3.1.1 cannot be told, so the message is acknowledged
+        // and dropped, as Mosquitto does. Nothing is stored or routed either way.
+        if !self.broker.security().can_publish(self.subject(), &topic) {
+            Stats::add(&self.broker.stats().acl_publish_denied, 1);
+            tracing::debug!(client_id = %self.session.client_id, topic = %topic, "PUBLISH denied by the ACL");
+            let reason = if self.v5() {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
+            self.ack_publish(p.qos, p.packet_id, reason);
+            return Ok(());
+        }
+
         let route = match p.qos {
             QoS::AtMostOnce | QoS::AtLeastOnce => !too_big,
             QoS::ExactlyOnce => {
@@ -504,7 +635,9 @@ impl Connection {
                 }
             }
         };
+        let (qos, packet_id) = (p.qos, p.packet_id);
         let mut matched = 1;
+        let mut refused = None;
         if route {
             let message = Message::new(
                 topic,
@@ -514,43 +647,50 @@ impl Connection {
                 p.properties,
                 Some(self.session.id),
             );
-            matched = self.broker.publish(message);
+            match self.broker.try_publish(message) {
+                Ok(n) => matched = n,
+                // `limits.retained_max_bytes`: neither stored nor routed (the broker
+                // logged it); v5 learns it from 0x97, 3.1.1 cannot be told.
+                Err(PublishRefused::RetainedBudget) => refused = Some(ReasonCode::QUOTA_EXCEEDED),
+            }
         } else if too_big {
             tracing::info!(client_id = %self.session.client_id, "PUBLISH payload above message_size_limit dropped");
         }
-        let reason = if too_big {
-            ReasonCode::PACKET_TOO_LARGE
-        } else if matched == 0 {
-            ReasonCode::NO_MATCHING_SUBSCRIBERS
-        } else {
-            ReasonCode::SUCCESS
+        let reason = match refused {
+            _ if too_big => ReasonCode::PACKET_TOO_LARGE,
+            Some(code) if self.v5() => code,
+            Some(_) => ReasonCode::SUCCESS,
+            None if matched == 0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            None => ReasonCode::SUCCESS,
         };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubResp {
-                packet_id: p.packet_id,
-                reason_code: reason,
-                ..Default::default()
-            })),
-            QoS::ExactlyOnce => {
-                if too_big {
-                    // An error PUBREC ends the flow: forget the id [MQTT-4.3.3-?].
-                    self.session.lock().delivery.on_pubrel(p.packet_id);
-                }
-                self.encode(&Packet::PubRec(PubResp {
-                    packet_id: p.packet_id,
-                    reason_code: reason,
-                    ..Default::default()
-                }))
-            }
+        if qos == QoS::ExactlyOnce && !reason.is_success() {
+            // An error PUBREC ends the flow: forget the id [MQTT-4.3.3-?].
+            self.session.lock().delivery.on_pubrel(packet_id);
         }
+        self.ack_publish(qos, packet_id, reason);
         Ok(())
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.
+    fn ack_publish(&mut self, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        let resp = PubResp {
+            packet_id,
+            reason_code: reason,
+            ..Default::default()
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode(&Packet::PubAck(resp)),
+            QoS::ExactlyOnce => self.encode(&Packet::PubRec(resp)),
+        }
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let identifier = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let acl = self.broker.security().acl();
+        let max_subscriptions = self.broker.config().limits.max_subscriptions_per_client;
         for (filter, options) in &s.filters {
             let (group, bare) = match ferromq_topic::parse_shared(filter) {
                 Ok(Some(sh)) => (Some(sh.group), sh.filter),
@@ -562,6 +702,7 @@ impl Connection {
             };
             if ferromq_topic::validate_topic_filter(bare).is_err()
                 || ferromq_topic::level_count(bare) > self.cfg.max_topic_levels
+                || filter.len() > self.cfg.max_topic_length
             {
                 codes.push(self.subscribe_failure(ReasonCode::TOPIC_FILTER_INVALID));
                 continue;
@@ -571,6 +712,33 @@ impl Connection {
                     ReasonCode::PROTOCOL_ERROR,
                     "No Local on a shared subscription [MQTT-3.8.3-4]",
                 ));
+            }
+            if let Some(acl) = &acl
+                && !acl.check_subscribe(self.subject(), bare)
+            {
+                Stats::add(&self.broker.stats().acl_subscribe_denied, 1);
+                tracing::debug!(client_id = %self.session.client_id, filter = %filter, "SUBSCRIBE denied by the ACL");
+                let code = self.broker.security().subscribe_failure_code();
+                codes.push(self.subscribe_failure(code));
+                continue;
+            }
+            // `limits.max_subscriptions_per_client`: a new filter beyond it is refused
+            // (0x97 Quota exceeded; 3.1.1 0x80); replacing an existing one is not new.
+            let over_quota = {
+                let inner = self.session.lock();
+                inner.subscriptions.len() >= max_subscriptions
+                    && !inner.subscriptions.contains_key(filter)
+            };
+            if over_quota {
+                if !self.quota_logged {
+                    // Once per connection: a client looping on SUBSCRIBE must not
+                    // flood the log.
+                    self.quota_logged = true;
+                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer, limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
+                }
+                Stats::add(&self.broker.stats().subscription_quota_exceeded, 1);
+                codes.push(self.subscribe_failure(ReasonCode::QUOTA_EXCEEDED));
+                continue;
             }
             let mut granted_options = *options;
             granted_options.qos = handshake::granted_qos(options.qos, self.cfg.max_qos);
@@ -586,11 +754,18 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                retained.extend(self.broker.retained_deliveries(
-                    bare,
-                    granted_options.qos,
-                    identifier,
-                ));
+                let mut matches =
+                    self.broker
+                        .retained_deliveries(bare, granted_options.qos, identifier);
+                // Each retained message is checked for `read`, like a live delivery.
+                if let Some(acl) = &acl {
+                    let subject = self.subject();
+                    let before = matches.len();
+                    matches.retain(|d| acl.check(subject, &d.message.topic, Op::Read));
+                    let denied = (before - matches.len()) as u64;
+                    Stats::add(&self.broker.stats().acl_read_denied, denied);
+                }
+                retained.extend(matches);
             }
             codes.push(ReasonCode(granted_options.qos as u8));
         }
@@ -655,11 +830,17 @@ impl Connection {
     fn drain_session(&mut self) {
         let now = Instant::now();
         let mut batch = Vec::new();
+        let mut bytes = 0;
         {
             let mut inner = self.session.lock();
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match inner.delivery.next_outgoing(self.window, now) {
-                    Some(out) => batch.push(out),
+                    Some(out) => {
+                        if let Outgoing::Publish { delivery, .. } = &out {
+                            bytes += delivery.message.weight();
+                        }
+                        batch.push(out);
+                    }
                     None => break,
                 }
             }
@@ -668,7 +849,7 @@ impl Connection {
                 Stats::add(&self.broker.stats().dropped_expired, expired);
             }
         }
-        if batch.len() == MAX_BATCH {
+        if batch.len() == MAX_BATCH || bytes >= MAX_BATCH_BYTES {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }

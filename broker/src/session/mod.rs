@@ -82,6 +82,9 @@ pub struct SessionInner {
     pub pending_will: Option<crate::broker::PendingWill>,
     /// Set once the session has ended and left the registry; a late enqueue is ignored.
     pub ended: bool,
+    /// The username its current (or last) connection logged in with, for read ACL
+    /// checks of deliveries (`user` blocks, `%u`).
+    pub username: Option<ByteString>,
 }
 
 /// A client session.
@@ -107,6 +110,7 @@ impl Session {
                 offline_timer: None,
                 pending_will: None,
                 ended: false,
+                username: None,
             }),
             notify: Notify::new(),
         })
@@ -142,6 +146,20 @@ impl Session {
     /// Wakes the connection without a new delivery (e.g. after an ack freed the window).
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// Whether this session's client may read `topic` under `acl` (its username as
+    /// of its latest login, its client id).
+    pub fn may_read(&self, acl: &crate::auth::Acl, topic: &str) -> bool {
+        let username = self.inner.lock().username.clone();
+        acl.check(
+            crate::auth::Subject {
+                username: username.as_deref(),
+                client_id: &self.client_id,
+            },
+            topic,
+            crate::auth::Op::Read,
+        )
     }
 
     pub fn is_online(&self) -> bool {
