@@ -7,9 +7,10 @@ MQTT 3.1.1; on MQTT 5, 0x86 (Bad user name or password) for wrong credentials an
 (Not authorized) for an anonymous client where anonymous access is off; an address that
 failed too often gets 0x9F (Connection rate exceeded) / 0x05 at once.
 
-Against Mosquitto 2.0.11 (FERROMQ_TEST_BROKER=mosquitto) the v5 wrong-password cases
-fail (it answers 0x87, not 0x86) and so do the rate-limit, reload and exit-code tests,
-which test ferromq's own behaviour.
+These test ferromq's documented behaviour; they are not meant to pass against
+Mosquitto (FERROMQ_TEST_BROKER=mosquitto): it answers a v5 wrong password with 0x87,
+has no failed-login limit, and as root it drops privileges and cannot read files in
+pytest's private temporary directories.
 """
 
 from __future__ import annotations
