@@ -492,7 +492,13 @@ impl Broker {
         for (session, delivery) in deliveries {
             if let Err(DropReason::QueueFull) = session.deliver(delivery) {
                 Stats::add(&self.shared.stats.dropped_queue_full, 1);
-                tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+                if let Some(dropped) = session.note_overflow(Instant::now()) {
+                    tracing::warn!(
+                        client_id = %session.client_id,
+                        dropped,
+                        "session queue full (max_queued_messages / max_queued_bytes): newest deliveries dropped; the client reads too slowly or is offline"
+                    );
+                }
             }
         }
         matched

@@ -243,6 +243,9 @@ def test_subscriber_that_reads_nothing(broker_factory):
     assert [int.from_bytes(m.payload[-4:], "big") for m in good.received()] == list(range(n))
     witness.round_trip("a subscriber that reads nothing")
     sampler.stop("subscriber reading nothing, 200 MB published", SLOW_RSS_BOUND)
+    log = broker.log()
+    assert "client_id=stuck" in log and "session queue full" in log
+    assert log.count("session queue full") < 10, "rate-limited log line"
     stuck.close()
 
 
