@@ -26,8 +26,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Security;
+use crate::limits::{Admission, ConnectionGate, Refusal};
 use crate::message::{Delivery, Message, SessionId};
-use crate::retained::{RetainedCursor, RetainedStore};
+use crate::retained::{OverBudget, RetainedCursor, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{DropReason, Link, QueueLimits, Session, SubscriptionRecord};
 use crate::stats::Stats;
@@ -79,6 +81,26 @@ struct Shared {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
+    security: Security,
+    gate: ConnectionGate,
+    /// Uptime second of the last "retained budget reached" log line (one per second).
+    retained_budget_logged: AtomicU64,
+}
+
+/// Why a retained message was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetainError {
+    /// Above `limits.retained_max_bytes`.
+    OverBudget,
+    /// The durable store failed (logged where it happened).
+    Store,
+}
+
+/// Why a PUBLISH was refused as a whole (neither stored nor routed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// A retained message above `limits.retained_max_bytes`.
+    RetainedBudget,
 }
 
 /// Handle to the broker's shared state.
@@ -102,8 +124,21 @@ pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl Broker {
-    /// A broker on `config`, with `store` when persistence is enabled.
+    /// A broker on `config`, with `store` when persistence is enabled, and the
+    /// password and ACL files of `config` (failing closed if they cannot be read: see
+    /// [`Security::load_or_fail_closed`]).
     pub fn new(config: Arc<Config>, store: Option<Arc<Store>>) -> Broker {
+        let security = Security::load_or_fail_closed(&config);
+        Broker::with_security(config, store, security)
+    }
+
+    /// A broker with authentication state loaded by the caller.
+    pub fn with_security(
+        config: Arc<Config>,
+        store: Option<Arc<Store>>,
+        security: Security,
+    ) -> Broker {
+        let gate = ConnectionGate::new(&config.limits, crate::limits::fd_limit());
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -117,6 +152,9 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
+                security,
+                gate,
+                retained_budget_logged: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -124,6 +162,29 @@ impl Broker {
     /// The durable store, when persistence is enabled.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.shared.store.as_ref()
+    }
+
+    /// Authentication and ACLs.
+    pub fn security(&self) -> &Security {
+        &self.shared.security
+    }
+
+    /// Whether a socket just accepted from `peer` on `listener` may become a
+    /// connection (`limits.max_connections`, `limits.connection_rate_per_ip`). Keep the
+    /// [`Admission`] for the connection's lifetime; a refused socket is to be closed at
+    /// once (the refusal is logged and counted here).
+    pub fn admit(&self, peer: std::net::SocketAddr, listener: &str) -> Option<Admission> {
+        match self.shared.gate.admit(peer, listener) {
+            Ok(a) => Some(a),
+            Err(Refusal::MaxConnections) => {
+                Stats::add(&self.shared.stats.connections_refused_max, 1);
+                None
+            }
+            Err(Refusal::RateExceeded) => {
+                Stats::add(&self.shared.stats.connections_refused_rate, 1);
+                None
+            }
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -452,26 +513,100 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and applies it to the retained
-    /// store; says which store generation an acknowledgement must wait for.
+    /// store; says which store generation an acknowledgement must wait for. For the
+    /// broker's own messages (wills, `$SYS`): one above the retained budget is still
+    /// routed, just not stored.
     pub fn publish(&self, message: Arc<Message>) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
         if message.retain {
-            if let Some(store) = &self.shared.store {
-                match store.put_retained(&message) {
-                    Ok(g) => outcome.generation = Some(g),
-                    Err(e) => {
-                        tracing::warn!(topic = %message.topic, error = %e, "cannot store a retained message");
-                        outcome.store_failed = true;
-                        return outcome;
-                    }
+            match self.retain(&message) {
+                Ok(g) => outcome.generation = g,
+                Err(RetainError::OverBudget) => {
+                    tracing::debug!(topic = %message.topic, "retained budget reached: message routed but not retained");
+                }
+                Err(RetainError::Store) => {
+                    outcome.store_failed = true;
+                    return outcome;
                 }
             }
-            if self.shared.store.is_none() {
-                self.shared.retained.write().apply(&message);
+        }
+        self.route(message, outcome)
+    }
+
+    /// A client's PUBLISH: as [`Broker::publish`], but a retained message above
+    /// `limits.retained_max_bytes` is refused as a whole (v5 answers 0x97).
+    pub fn try_publish(&self, message: Arc<Message>) -> Result<PublishOutcome, PublishRefused> {
+        let mut outcome = PublishOutcome::default();
+        if message.retain {
+            match self.retain(&message) {
+                Ok(g) => outcome.generation = g,
+                Err(RetainError::OverBudget) => return Err(PublishRefused::RetainedBudget),
+                Err(RetainError::Store) => {
+                    outcome.store_failed = true;
+                    return Ok(outcome);
+                }
             }
         }
+        Ok(self.route(message, outcome))
+    }
+
+    /// Applies a retained PUBLISH to the durable store (persistence on) or the
+    /// in-memory one, within `limits.retained_max_bytes`. Returns the store
+    /// generation to wait for, if any.
+    fn retain(&self, message: &Arc<Message>) -> Result<Option<u64>, RetainError> {
+        let max = self.config().limits.retained_max_bytes;
+        let result = match &self.shared.store {
+            Some(store) => match store.put_retained_within(message, max) {
+                Ok(Ok(g)) => Ok(Some(g)),
+                Ok(Err(OverBudget)) => Err(RetainError::OverBudget),
+                Err(e) => {
+                    tracing::warn!(topic = %message.topic, error = %e, "cannot store a retained message");
+                    return Err(RetainError::Store);
+                }
+            },
+            None => self
+                .shared
+                .retained
+                .write()
+                .apply(message, max)
+                .map(|()| None)
+                .map_err(|OverBudget| RetainError::OverBudget),
+        };
+        if result.is_err() {
+            Stats::add(&self.shared.stats.retained_over_budget, 1);
+            // One log line per second at most: a flood must not become a log flood.
+            let now = self.uptime().as_secs();
+            if self
+                .shared
+                .retained_budget_logged
+                .swap(now, Ordering::Relaxed)
+                != now
+            {
+                tracing::warn!(
+                    topic = %message.topic,
+                    bytes = message.weight(),
+                    limit = max,
+                    "retained message not stored: limits.retained_max_bytes reached"
+                );
+            }
+        }
+        result
+    }
+
+    /// Queues `message` for every matching session allowed to read it.
+    fn route(&self, message: Arc<Message>, mut outcome: PublishOutcome) -> PublishOutcome {
         let mut deliveries = crate::fanout::take_buffer();
         self.shared.router.read().route(&message, &mut deliveries);
+        // Read ACL (Mosquitto checks it per delivery, so wildcard subscriptions only
+        // get what the client may read). Nothing to do, and no lock, without an ACL.
+        if let Some(acl) = self.shared.security.acl() {
+            let before = deliveries.len();
+            deliveries.retain(|(session, _)| session.may_read(&acl, &message.topic));
+            let denied = before - deliveries.len();
+            if denied > 0 {
+                Stats::add(&self.shared.stats.acl_read_denied, denied as u64);
+            }
+        }
         outcome.matched = deliveries.len();
         // `$SYS` statistics nobody subscribed to are not a lost message.
         if outcome.matched == 0 && !message.topic.starts_with("$SYS/") {
@@ -483,7 +618,13 @@ impl Broker {
                 Ok(None) => {}
                 Err(DropReason::QueueFull) => {
                     Stats::add(&self.shared.stats.dropped_queue_full, 1);
-                    tracing::debug!(client_id = %session.client_id, "queue full: message dropped");
+                    if let Some(dropped) = session.note_overflow(Instant::now()) {
+                        tracing::warn!(
+                            client_id = %session.client_id,
+                            dropped,
+                            "session queue full (max_queued_messages / max_queued_bytes): newest deliveries dropped; the client reads too slowly or is offline"
+                        );
+                    }
                 }
                 Err(DropReason::StoreFailed) => outcome.store_failed = true,
                 Err(DropReason::OfflineQos0) => {

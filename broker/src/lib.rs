@@ -29,13 +29,17 @@
 //! - [`http`]: the operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, the
 //!   admin API.
 //! - [`ctl`]: `ferromq ctl`, the command-line client of the admin API.
+//! - [`auth`]: password file, ACL file, failed-login limits (`Security`).
+//! - [`limits`]: connection gate, per-address tables, publish throttle, fd limit.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod connection;
 pub mod ctl;
 pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod reload;

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 after a clean shutdown, 78 (`EX_CONFIG`) for an invalid configuration
 //! (every problem is printed), including a TLS certificate, key or CA file that is
-//! missing or unusable, 74 (`EX_IOERR`) when the data directory cannot be used (a
+//! missing or unusable, or a password / ACL file that is missing, unreadable or
+//! invalid (naming the file and its bad lines), 74 (`EX_IOERR`) when the data directory cannot be used (a
 //! newer format, a corrupt store: nothing is overwritten), 1 when a listener cannot be
 //! bound or the runtime fails. SIGHUP reloads certificates (see `ferromq::reload`).
 //!
@@ -93,6 +94,9 @@ fn main() -> ExitCode {
     for note in &config.notes {
         tracing::warn!("config: {note}");
     }
+    // Every connection is a file descriptor: allow as many as the system does.
+    let fd_limit = ferromq::limits::raise_fd_limit();
+    tracing::debug!(?fd_limit, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,6 +113,11 @@ fn main() -> ExitCode {
 async fn run(config: Arc<ferromq_config::Config>, ready_file: Option<PathBuf>) -> ExitCode {
     let server = match Server::bind(config).await {
         Ok(s) => s,
+        Err(e @ ferromq::server::ServerError::Security(_)) => {
+            tracing::error!("{e}");
+            eprintln!("ferromq: invalid configuration:\n{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("ferromq: {e}");

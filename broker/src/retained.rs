@@ -24,18 +24,32 @@ pub struct RetainedStore {
     bytes: usize,
 }
 
+/// A retained message was not stored: the store would exceed its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
 impl RetainedStore {
     /// Applies a retained PUBLISH: store, replace, or clear on an empty payload.
-    pub fn apply(&mut self, message: &Arc<Message>) {
+    ///
+    /// Bound `limits.retained_max_bytes` (`max_bytes`, by [`Message::weight`]): a
+    /// message that would take the store above it is not stored ([`OverBudget`]) and
+    /// the topic keeps its previous message; replacing a message with a smaller one and
+    /// clearing always succeed.
+    pub fn apply(&mut self, message: &Arc<Message>, max_bytes: usize) -> Result<(), OverBudget> {
         let old = if message.payload.is_empty() {
             self.tree.remove(&message.topic)
         } else {
+            let replaced = self.tree.get(&message.topic).map_or(0, |m| m.weight());
+            if self.bytes - replaced + message.weight() > max_bytes {
+                return Err(OverBudget);
+            }
             self.bytes += message.weight();
             self.tree.insert(&message.topic, message.clone())
         };
         if let Some(old) = old {
             self.bytes -= old.weight();
         }
+        Ok(())
     }
 
     /// The retained message of `topic`, if it has one that has not expired.
@@ -118,6 +132,8 @@ pub struct Pumped {
     pub done: bool,
     /// Stopped for its key budget, with room left: pump again soon.
     pub more: bool,
+    /// Matching messages the client may not read (ACL), skipped.
+    pub denied: usize,
 }
 
 /// The literal part of a filter before its first wildcard level.
@@ -143,7 +159,14 @@ impl RetainedCursor {
 
     /// Queues matching retained messages into `session` until its queue has no room
     /// for retained messages, the range ends, or `max_keys` keys were looked at.
-    pub fn pump(&mut self, store: &Store, session: &Session, max_keys: usize) -> Pumped {
+    /// Topics `may_read` refuses (the read ACL) are skipped.
+    pub fn pump(
+        &mut self,
+        store: &Store,
+        session: &Session,
+        max_keys: usize,
+        may_read: &dyn Fn(&str) -> bool,
+    ) -> Pumped {
         let mut pumped = Pumped::default();
         let mut blocked = false;
         let RetainedCursor {
@@ -155,6 +178,10 @@ impl RetainedCursor {
         } = self;
         let result = store.scan_retained(prefix, next, max_keys, |topic, stored| {
             if !ferromq_topic::matches(filter, topic) {
+                return true;
+            }
+            if !may_read(topic) {
+                pumped.denied += 1;
                 return true;
             }
             let message = stored.into_message();

@@ -53,6 +53,9 @@ pub enum ServerError {
     /// configuration error, found before any socket is bound.
     #[error("{0}")]
     Tls(TlsErrors),
+    /// The password or ACL file cannot be used: a configuration error (exit 78).
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityError),
 }
 
 impl ServerError {
@@ -60,7 +63,7 @@ impl ServerError {
     /// here, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServerError::Tls(_) => 78,
+            ServerError::Tls(_) | ServerError::Security(_) => 78,
             ServerError::Store(_) => 74,
             _ => 1,
         }
@@ -118,6 +121,9 @@ impl Server {
     /// naming it.
     pub async fn bind(config: Arc<Config>) -> Result<Server, ServerError> {
         let contexts = load_tls(&config)?;
+        // The password and ACL files are part of the configuration: read them before
+        // any port is bound.
+        let security = crate::auth::Security::load(&config)?;
         let store = if config.persistence.enabled {
             let store = crate::store::Store::open(&config.persistence)?;
             let loaded = store.load()?;
@@ -140,13 +146,13 @@ impl Server {
         let broker = match store {
             Some((store, loaded)) => {
                 tracing::info!(path = %store.path().display(), durability = store.durability().as_str(), "store opened");
-                let broker = Broker::new(config.clone(), Some(store));
+                let broker = Broker::with_security(config.clone(), Some(store), security);
                 broker.restore(loaded);
                 broker
             }
             None => {
                 tracing::info!("persistence disabled: state is kept in memory only");
-                Broker::new(config.clone(), None)
+                Broker::with_security(config.clone(), None, security)
             }
         };
         let http = if config.http.enabled {
@@ -247,6 +253,7 @@ impl Server {
             .store()
             .cloned()
             .map(|store| tokio::spawn(store.run_flusher(flusher_stop.clone())));
+        crate::auth::spawn_reloader(&broker);
         shutdown.await;
         tracing::info!("shutting down");
         self.readiness.set_draining(true);
@@ -289,6 +296,11 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener, broker: Broker) {
                 continue;
             }
         };
+        // Broker-wide limits (total connections, rate per address): a refused socket
+        // is closed at once; the gate logs it.
+        let Some(admission) = broker.admit(peer, &name) else {
+            continue;
+        };
         let permit = match &limit {
             Some(sem) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
@@ -305,6 +317,7 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener, broker: Broker) {
         broker.tasks().spawn(async move {
             transport::serve_socket(socket, peer, l, b).await;
             drop(permit);
+            drop(admission);
         });
     }
 }

@@ -107,7 +107,8 @@ pub struct Stats {
     pub dropped_payload_too_large: AtomicU64,
     /// QoS 0 deliveries to offline sessions (dropped unless `queue_qos0_messages`).
     pub dropped_offline_qos0: AtomicU64,
-    /// Messages refused by authorisation (ACL); counted by the auth layer.
+    /// PUBLISHes refused by authorisation (ACL write), not routed; counted with
+    /// `acl_publish_denied`.
     pub dropped_not_authorized: AtomicU64,
     /// Messages refused by rate limiting; counted by the rate limiter.
     pub dropped_rate_limited: AtomicU64,
@@ -119,6 +120,24 @@ pub struct Stats {
     /// Open connections by (listener name, protocol label). Entries stay at 0 once
     /// seen, so a gauge drops to 0 rather than disappearing. Bounded by listeners x 3.
     pub connections: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+    /// CONNECTs refused at once because their address had too many failed logins.
+    pub auth_blocked: AtomicU64,
+    /// PUBLISHes the ACL refused (write).
+    pub acl_publish_denied: AtomicU64,
+    /// Subscriptions the ACL refused.
+    pub acl_subscribe_denied: AtomicU64,
+    /// Deliveries (live and retained) the ACL refused (read).
+    pub acl_read_denied: AtomicU64,
+    /// Retained PUBLISHes refused because `limits.retained_max_bytes` was reached.
+    pub retained_over_budget: AtomicU64,
+    /// Subscriptions refused by `limits.max_subscriptions_per_client`.
+    pub subscription_quota_exceeded: AtomicU64,
+    /// Sockets closed at accept by `limits.max_connections`.
+    pub connections_refused_max: AtomicU64,
+    /// Sockets closed at accept by `limits.connection_rate_per_ip`.
+    pub connections_refused_rate: AtomicU64,
+    /// Times a connection stopped reading because of its publish rate limit.
+    pub publish_throttled: AtomicU64,
 }
 
 impl Stats {

@@ -120,9 +120,12 @@ class Broker:
 
 
 def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Path | None = None,
-                 timeout: float = 20.0) -> Broker:
+                 timeout: float = 20.0, env: dict | None = None) -> Broker:
     """Starts a broker with a mosquitto.conf-style `config` (a `listener 0 127.0.0.1`
-    line is prepended unless the config declares a listener itself)."""
+    line is prepended unless the config declares a listener itself). `env` adds
+    environment variables, for ferromq keys without a mosquitto.conf directive
+    (e.g. {"FERROMQ_MQTT_CONNECT_TIMEOUT": "1s"}); Mosquitto ignores them."""
+    proc_env = {**os.environ, **(env or {})}
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ferromq-test-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "broker.log"
@@ -134,7 +137,7 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{body}\n")
         logf = open(log_path, "wb")
         proc = subprocess.Popen(["mosquitto", "-c", str(conf), "-v"], stdout=logf, stderr=subprocess.STDOUT,
-                                cwd=workdir)
+                                cwd=workdir, env=proc_env)
         broker = Broker(proc, workdir, "127.0.0.1", port, [], log_path)
 
         def up():
@@ -157,7 +160,7 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
     # at once, so it gets an ephemeral port too (a later --http-listen in `args` wins).
     cmd = [str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
            "--data-dir", str(workdir / "data"), "--http-listen", "127.0.0.1:0"] + (args or [])
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir)
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir, env=proc_env)
 
     def is_ready():
         if proc.poll() is not None:

@@ -215,7 +215,8 @@ class Client:
     def __init__(self, broker, client_id: str | None = None, protocol: int = 5, *, clean: bool = True,
                  keepalive: int = 60, session_expiry: int | None = None, will: dict | None = None,
                  properties: dict | None = None, manual_ack: bool = False, transport: str = "tcp",
-                 ws_path: str = "/mqtt", tls: dict | None = None):
+                 ws_path: str = "/mqtt", tls: dict | None = None,
+                 username: str | None = None, password: str | bytes | None = None):
         # `broker` is anything with `host` and `port` (a conftest `Broker`, or one of
         # its `Endpoint`s for a TLS or WebSocket listener). `transport` is paho's
         # "tcp" or "websockets"; `tls` holds paho `tls_set` arguments (ca_certs,
@@ -224,6 +225,8 @@ class Client:
         self.transport = transport
         self.ws_path = ws_path
         self.tls = tls
+        self.username = username
+        self.password = password
         self.protocol = protocol
         self.client_id = unique("c") if client_id is None else client_id
         self.clean = clean
@@ -326,6 +329,8 @@ class Client:
         # Never let paho queue more than the broker allows or hold messages back.
         c.max_inflight_messages_set(65535)
         c.max_queued_messages_set(0)
+        if self.username is not None:
+            c.username_pw_set(self.username, self.password)
         if self.will:
             w = self.will
             c.will_set(w["topic"], w.get("payload", b""), w.get("qos", 0), w.get("retain", False),
@@ -762,9 +767,13 @@ class RawClient:
     matches. Nothing is acknowledged automatically.
     """
 
-    def __init__(self, broker, protocol: int = 5, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, broker, protocol: int = 5, timeout: float = DEFAULT_TIMEOUT,
+                 source: str | None = None):
+        """`source` binds the client to a local address (e.g. "127.0.0.2"), so a test
+        can act as a second source address on loopback."""
         self.protocol = protocol
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=timeout)
+        self.sock = socket.create_connection((broker.host, broker.port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.received: list[Packet] = []
@@ -781,9 +790,12 @@ class RawClient:
 
     def connect(self, client_id: str = "", *, clean: bool = True, keepalive: int = 60,
                 properties: dict | None = None, will: dict | None = None, check: bool = True,
-                timeout: float = DEFAULT_TIMEOUT) -> Packet:
+                timeout: float = DEFAULT_TIMEOUT, username: str | None = None,
+                password: bytes | str | None = None) -> Packet:
+        if isinstance(password, str):
+            password = password.encode()
         self.send(encode_connect(client_id, self.protocol, clean=clean, keepalive=keepalive,
-                                 properties=properties, will=will))
+                                 properties=properties, will=will, username=username, password=password))
         ack = self.expect(CONNACK, timeout)
         if check:
             assert ack.reason_code == 0, f"CONNACK refused: {ack}"

@@ -68,8 +68,8 @@ impl fmt::Display for Location {
 /// A feature that a recognised directive needs and ferromq does not provide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsupportedFeature {
-    /// A TLS option ferromq does not implement (`capath`, CRLs, PSK, ciphers), or
-    /// authentication/authorisation.
+    /// A TLS option ferromq does not implement (`capath`, CRLs, PSK, ciphers), or an
+    /// auth plugin (`password_file` and `acl_file` are implemented).
     TlsWebSocketsAuth,
     /// mosquitto.conf `include_dir`.
     IncludeDir,
@@ -81,7 +81,7 @@ impl fmt::Display for UnsupportedFeature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::TlsWebSocketsAuth => {
-                " yet (this TLS option, authentication and ACLs arrive in a later release); \
+                " yet (this TLS option or auth plugin arrives in a later release); \
                  refusing to start rather than running without it"
             }
             Self::IncludeDir => ": put every directive in this one file",

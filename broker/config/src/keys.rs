@@ -37,7 +37,14 @@ impl<'a> Raw<'a> {
 
     fn int(self) -> Option<i128> {
         match self {
-            Raw::Text(s) => s.trim().parse().ok(),
+            Raw::Text(s) => {
+                let s = s.trim();
+                // Reason codes read best in hex (`0x87`), as TOML allows too.
+                match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                    Some(hex) => i128::from_str_radix(hex, 16).ok(),
+                    None => s.parse().ok(),
+                }
+            }
             Raw::Toml {
                 value: Value::Integer(i),
                 ..
@@ -126,7 +133,7 @@ int_field!(u32, "an integer from 0 to 4294967295");
 int_field!(usize, "a non-negative integer");
 int_field!(u64, "a non-negative integer");
 
-/// Only `max_payload_size` has this type: 0 means "no limit", as with Mosquitto's
+/// `max_payload_size` has this type: 0 means "no limit", as with Mosquitto's
 /// `message_size_limit`, because TOML and the environment cannot spell `None`.
 impl FieldType for Option<u32> {
     const EXPECTED: &'static str = "an integer from 0 (no limit) to 4294967295";
@@ -160,6 +167,36 @@ impl FieldType for SocketAddr {
     }
     fn render(&self) -> String {
         toml_string(&self.to_string())
+    }
+}
+
+/// `limits.max_connections`: 0 means "no configured limit", as above.
+impl FieldType for Option<usize> {
+    const EXPECTED: &'static str = "a non-negative integer (0: no limit)";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        let n = usize::parse(raw)?;
+        Some((n != 0).then_some(n))
+    }
+    fn render(&self) -> String {
+        self.unwrap_or(0).to_string()
+    }
+}
+
+/// Optional files (`auth.password_file`, `auth.acl_file`): the empty string means
+/// "none", because TOML and the environment cannot spell `None`.
+impl FieldType for Option<PathBuf> {
+    const EXPECTED: &'static str = "a path (a string; \"\" for none)";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        let s = raw.string()?;
+        Some((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+    }
+    fn render(&self) -> String {
+        toml_string(
+            &self
+                .as_deref()
+                .map(|p| p.to_string_lossy())
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -319,10 +356,21 @@ impl KeySpec {
 }
 
 /// The TOML sections holding scalar keys, in rendering order, with their docs.
-pub(crate) const SECTIONS: [(&str, &str); 5] = [
+pub(crate) const SECTIONS: [(&str, &str); 7] = [
     (
         "mqtt",
         "Protocol limits and behaviour, shared by every listener.",
+    ),
+    (
+        "auth",
+        "Authentication and authorisation, with Mosquitto's password and ACL files.\n\
+         Both files are read at start (a missing or unreadable one stops the broker)\n\
+         and again on SIGHUP (a broken one is logged and the old content kept).",
+    ),
+    (
+        "limits",
+        "Resource limits against misbehaving or hostile clients; the overflow policy\n\
+         of each is in its comment.",
     ),
     (
         "persistence",
@@ -410,6 +458,48 @@ pub(crate) static KEYS: &[KeySpec] = &[
          handshake, and again for its WebSocket upgrade, before it is closed."),
     key!("mqtt", "max_topic_levels", mqtt.max_topic_levels: usize, None,
         "Levels a topic name or filter may have. At least 1."),
+    key!("mqtt", "max_topic_length", mqtt.max_topic_length: usize, None,
+        "Bytes a topic name or filter may have, 1 to 65535. A longer PUBLISH topic\n\
+         closes the connection (v5: DISCONNECT 0x90); a longer SUBSCRIBE filter is\n\
+         refused (0x8F; 3.1.1: 0x80)."),
+    key!("auth", "password_file", auth.password_file: Option<PathBuf>, Some("password_file"),
+        "A mosquitto_passwd file; \"\" for none. Clients giving a username must\n\
+         match a line of it (CONNACK 0x86, 3.1.1: 0x05, otherwise)."),
+    key!("auth", "acl_file", auth.acl_file: Option<PathBuf>, Some("acl_file"),
+        "A Mosquitto acl_file; \"\" for none (everything allowed). With one, what no\n\
+         rule allows is denied."),
+    key!("auth", "acl_subscribe_failure_code", auth.acl_subscribe_failure_code: u8, None,
+        "SUBACK code for an MQTT 5 subscription the ACL refuses: 128 (0x80,\n\
+         Unspecified error) or 135 (0x87, Not authorized). 3.1.1 always gets 0x80."),
+    key!("auth", "failure_limit", auth.failure_limit: u32, None,
+        "Failed logins from one IP address within failure_window after which its\n\
+         CONNECTs are refused at once (CONNACK 0x9F, 3.1.1: 0x05) for failure_block.\n\
+         0 disables this."),
+    key!("auth", "failure_window", auth.failure_window: Duration, None,
+        "Window over which failed logins are counted."),
+    key!("auth", "failure_block", auth.failure_block: Duration, None,
+        "How long an address that reached failure_limit is refused."),
+    key!("limits", "max_connections", limits.max_connections: Option<usize>,
+        Some("max_connections (outside a listener block)"),
+        "Connections over all listeners; 0 means the file-descriptor limit (raised to\n\
+         its hard limit at start) minus a reserve. A socket above it is closed at once."),
+    key!("limits", "max_subscriptions_per_client", limits.max_subscriptions_per_client: usize,
+        None,
+        "Subscriptions one session may hold. A SUBSCRIBE adding more gets 0x97 (Quota\n\
+         exceeded; 3.1.1: 0x80) for each filter beyond it. At least 1."),
+    key!("limits", "publish_rate_messages", limits.publish_rate_messages: u32, None,
+        "PUBLISH packets per second one connection may send; 0 = no limit. Above it\n\
+         the broker stops reading the socket until the rate allows (nothing dropped)."),
+    key!("limits", "publish_rate_bytes", limits.publish_rate_bytes: u64, None,
+        "PUBLISH payload bytes per second one connection may send; 0 = no limit.\n\
+         Same policy as publish_rate_messages."),
+    key!("limits", "retained_max_bytes", limits.retained_max_bytes: usize, None,
+        "Bytes all retained messages may hold together. A retained PUBLISH that would\n\
+         exceed it is neither stored nor routed (v5: PUBACK/PUBREC 0x97) and logged.\n\
+         At least 1."),
+    key!("limits", "connection_rate_per_ip", limits.connection_rate_per_ip: u32, None,
+        "New connections per second from one IP address; 0 = no limit. Sockets above\n\
+         it are closed at once, with a log line."),
     key!("persistence", "enabled", persistence.enabled: bool, Some("persistence"),
         "Store state on disk. When false, everything is lost on restart."),
     key!("persistence", "path", persistence.path: PathBuf, Some("persistence_location"),

@@ -32,6 +32,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The operators' HTTP listener: metrics, health, admin API.
     pub http: HttpConfig,
+    /// Authentication (password file, failed-login limits) and authorisation (ACL file).
+    pub auth: AuthConfig,
+    /// Resource limits against misbehaving or hostile clients.
+    pub limits: LimitsConfig,
     /// Diagnostics from loading that are not errors, such as mosquitto.conf directives
     /// that are accepted but have no effect. `main` logs each one as a warning at
     /// startup. Not configuration: never rendered, never read from a file.
@@ -50,6 +54,8 @@ impl Default for Config {
             sys: SysConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             notes: Vec::new(),
         }
     }
@@ -247,6 +253,9 @@ pub struct MqttConfig {
     pub handshake_timeout: Duration,
     /// Levels a topic name or filter may have. Default 128; must be >= 1.
     pub max_topic_levels: usize,
+    /// Bytes a topic name or filter may have. Default 65535 (the protocol's own
+    /// maximum); must be 1..=65535.
+    pub max_topic_length: usize,
 }
 
 impl Default for MqttConfig {
@@ -270,6 +279,82 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_topic_levels: 128,
+            max_topic_length: 65_535,
+        }
+    }
+}
+
+/// Authentication and authorisation, in Mosquitto's file formats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    /// A `mosquitto_passwd` file (`user:$7$...` PBKDF2-SHA512 or `user:$6$...` salted
+    /// SHA-512 lines). Read at start and on SIGHUP. `None`: no password checks (a
+    /// username is then accepted as given when anonymous access is allowed, as
+    /// Mosquitto does). Written as `""` in files and the environment.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto `acl_file`. Read at start and on SIGHUP. `None`: every client may
+    /// publish and subscribe to everything.
+    pub acl_file: Option<PathBuf>,
+    /// SUBACK reason code for an MQTT 5 subscription the ACL refuses: 0x80
+    /// (Unspecified error, the default: what Mosquitto and the Paho suites expect) or
+    /// 0x87 (Not authorized). MQTT 3.1.1 always gets 0x80.
+    pub acl_subscribe_failure_code: u8,
+    /// Failed logins from one source address within `failure_window` after which
+    /// further CONNECTs from that address are refused at once (0x9F / 0x05) for
+    /// `failure_block`. Default 5; 0 disables the limit.
+    pub failure_limit: u32,
+    /// Window over which failed logins are counted. Default 10 s; must be > 0.
+    pub failure_window: Duration,
+    /// How long an address is refused after reaching the limit. Default 60 s.
+    pub failure_block: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_file: None,
+            acl_file: None,
+            acl_subscribe_failure_code: 0x80,
+            failure_limit: 5,
+            failure_window: Duration::from_secs(10),
+            failure_block: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Resource limits. Each has a written overflow policy (README "Limits").
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Simultaneous connections over all listeners. `None` (written 0): the file
+    /// descriptor limit, which the broker raises to its hard limit at start, minus a
+    /// reserve. A new socket above it is closed at once.
+    pub max_connections: Option<usize>,
+    /// Subscriptions one session may hold. Default 1000; must be >= 1. Above it a
+    /// SUBSCRIBE gets 0x97 (Quota exceeded; 0x80 for 3.1.1) for each new filter.
+    pub max_subscriptions_per_client: usize,
+    /// PUBLISH packets per second one connection may send; 0 (the default) = no
+    /// limit. Above it the broker stops reading that socket until the rate allows.
+    pub publish_rate_messages: u32,
+    /// PUBLISH payload bytes per second one connection may send; 0 (the default) = no
+    /// limit. Same policy as `publish_rate_messages`.
+    pub publish_rate_bytes: u64,
+    /// Bytes all retained messages together may hold. Default 256 MiB; must be >= 1.
+    /// A retained PUBLISH that would exceed it is refused (v5: PUBACK/PUBREC 0x97).
+    pub retained_max_bytes: usize,
+    /// New connections per second one source IP address may open; 0 (the default) =
+    /// no limit. Excess sockets are closed at once with a log line.
+    pub connection_rate_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_subscriptions_per_client: 1000,
+            publish_rate_messages: 0,
+            publish_rate_bytes: 0,
+            retained_max_bytes: 256 * 1024 * 1024,
+            connection_rate_per_ip: 0,
         }
     }
 }

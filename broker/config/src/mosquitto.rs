@@ -8,9 +8,9 @@
 //! - *accepted, no effect* (`persistence_file`, `autosave_*`, `log_type`, ...): a note
 //!   in [`Config::notes`](crate::Config::notes), because what they ask for either
 //!   happens anyway or has a ferromq equivalent;
-//! - *recognised, refused* (`capath`, CRLs, PSK, cipher lists, authentication,
-//!   plugins, `include_dir`, bridges): an error, because running without the TLS
-//!   option or password file a user configured would be worse than not starting;
+//! - *recognised, refused* (`capath`, CRLs, PSK, cipher lists, auth plugins,
+//!   `include_dir`, bridges): an error, because running without the TLS option or
+//!   plugin a user configured would be worse than not starting;
 //! - everything else: "unknown directive", with a suggestion when it looks like a typo.
 //!
 //! Listener blocks follow Mosquitto: `listener PORT [ADDRESS]` starts a block, and
@@ -18,7 +18,10 @@
 //! `keyfile`, `require_certificate`, `use_identity_as_username`, `tls_version`) and
 //! (with `per_listener_settings true`) `allow_anonymous` apply to the latest block.
 //! Before the first `listener` they apply to the default listener, which `port` and
-//! `bind_address` also configure and which exists only if one of them was used.
+//! `bind_address` also configure and which exists only if one of them was used;
+//! without a default listener, `max_connections` there is the broker-wide limit
+//! (`limits.max_connections`). `password_file` and `acl_file` are broker-wide
+//! wherever they appear (see `Reader::auth_file`).
 //!
 //! As in Mosquitto, a block with `cafile`, `certfile` or `keyfile` is a TLS listener:
 //! `protocol mqtt` becomes `mqtts` and `protocol websockets` becomes `wss`. A
@@ -78,6 +81,8 @@ const SPECIAL: &[&str] = &[
     "require_certificate",
     "use_identity_as_username",
     "tls_version",
+    "password_file",
+    "acl_file",
 ];
 
 /// Accepted with a note: what they ask for needs no setting in ferromq.
@@ -107,11 +112,9 @@ const IGNORED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Recognised, refused: the TLS options ferromq does not implement, authentication
-/// and authorisation.
+/// Recognised, refused: the TLS options ferromq does not implement and auth plugins
+/// (`password_file` and `acl_file` are implemented).
 const TLS_WS_AUTH: &[&str] = &[
-    "password_file",
-    "acl_file",
     "capath",
     "use_subject_as_username",
     "crlfile",
@@ -187,6 +190,11 @@ struct Reader<'a> {
     /// After a `connection` line: bridge directives follow; the `connection` error
     /// covers them all.
     in_bridge: bool,
+    /// `password_file` / `acl_file` lines seen: (directive, value, where).
+    auth_files: Vec<(String, String, Location)>,
+    /// `max_connections` before the first `listener`: the default listener's limit if
+    /// `port`/`bind_address` created one (as in Mosquitto), else the broker-wide one.
+    global_max_connections: Option<(Option<usize>, Location)>,
 }
 
 pub(crate) fn apply(b: &mut Builder, path: &Path, text: &str) {
@@ -198,6 +206,8 @@ pub(crate) fn apply(b: &mut Builder, path: &Path, text: &str) {
         default: Draft::default(),
         blocks: Vec::new(),
         in_bridge: false,
+        auth_files: Vec::new(),
+        global_max_connections: None,
     };
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -286,9 +296,14 @@ impl Reader<'_> {
                         Err(_) => None,
                     });
                 if let Some(limit) = parsed {
-                    self.current(&at).max_connections = limit;
+                    match self.blocks.last_mut() {
+                        Some(block) => block.max_connections = limit,
+                        // Before the first `listener`: decided in `finish`.
+                        None => self.global_max_connections = Some((limit, at)),
+                    }
                 }
             }
+            "password_file" | "acl_file" => self.auth_file(directive, rest, at),
             "protocol" => match self.single(directive, rest, &at, Some("`mqtt` or `websockets`")) {
                 Some("mqtt") => self.current(&at).websockets = false,
                 Some("websockets") => self.current(&at).websockets = true,
@@ -443,6 +458,51 @@ impl Reader<'_> {
         }
     }
 
+    /// `password_file` / `acl_file`: one file for the whole broker. Mosquitto with
+    /// `per_listener_settings true` can give each listener its own; ferromq applies one
+    /// to every listener (stricter, never looser), so a second, different file is an
+    /// error rather than silently ignored.
+    fn auth_file(&mut self, directive: &str, rest: &str, at: Location) {
+        let path = if directive == "password_file" {
+            "auth.password_file"
+        } else {
+            "auth.acl_file"
+        };
+        if rest.is_empty() {
+            self.missing(directive, at, "a file path");
+            return;
+        }
+        if let Some((earlier, earlier_at)) = self
+            .auth_files
+            .iter()
+            .find(|(d, _, _)| d == directive)
+            .map(|(_, v, a)| (v.clone(), a.clone()))
+        {
+            if earlier != rest {
+                self.b.errors.push(ConfigError::Invalid {
+                    subject: format!("`{directive} {rest}`"),
+                    at: Some(at),
+                    problem: format!(
+                        "a different {directive} (`{earlier}`) was given at {earlier_at}; \
+                         ferromq applies one {directive} to every listener"
+                    ),
+                });
+            }
+            return;
+        }
+        if self.per_listener_settings && !self.blocks.is_empty() {
+            self.b.note(format!(
+                "`{directive}` at {at} applies to every listener: ferromq has one \
+                 {directive} for the whole broker"
+            ));
+        }
+        self.auth_files
+            .push((directive.to_owned(), rest.to_owned(), at.clone()));
+        if let Some(spec) = keys::by_path(path) {
+            self.b.set(spec, Raw::Text(rest), directive, at);
+        }
+    }
+
     fn listener(&mut self, rest: &str, at: Location) {
         let args: Vec<&str> = rest.split_whitespace().collect();
         let mut draft = Draft {
@@ -498,10 +558,19 @@ impl Reader<'_> {
         let Reader {
             b,
             path,
-            default,
+            mut default,
             blocks,
+            global_max_connections,
             ..
         } = self;
+        if let Some((limit, at)) = global_max_connections {
+            if default.at.is_some() {
+                default.max_connections = limit;
+            } else {
+                b.config.limits.max_connections = limit;
+                b.mark("limits.max_connections", at);
+            }
+        }
         if default.at.is_none() && blocks.is_empty() {
             b.pending_default_listener_note = Some(format!(
                 "{} declares no `listener`: listening on the default 0.0.0.0:{DEFAULT_PORT}, \

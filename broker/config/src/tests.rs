@@ -142,6 +142,23 @@ max_session_expiry_interval = 86400
 connect_timeout = "1500ms"
 handshake_timeout = "3s"
 max_topic_levels = 16
+max_topic_length = 1024
+
+[auth]
+password_file = "/etc/ferromq/passwd"
+acl_file = "/etc/ferromq/acl"
+acl_subscribe_failure_code = 0x87
+failure_limit = 3
+failure_window = "30s"
+failure_block = "5m"
+
+[limits]
+max_connections = 20000
+max_subscriptions_per_client = 50
+publish_rate_messages = 100
+publish_rate_bytes = 1048576
+retained_max_bytes = 16777216
+connection_rate_per_ip = 10
 
 [persistence]
 enabled = false
@@ -220,6 +237,23 @@ fn full_config() -> Config {
             connect_timeout: Duration::from_millis(1500),
             handshake_timeout: Duration::from_secs(3),
             max_topic_levels: 16,
+            max_topic_length: 1024,
+        },
+        auth: AuthConfig {
+            password_file: Some("/etc/ferromq/passwd".into()),
+            acl_file: Some("/etc/ferromq/acl".into()),
+            acl_subscribe_failure_code: 0x87,
+            failure_limit: 3,
+            failure_window: Duration::from_secs(30),
+            failure_block: Duration::from_secs(300),
+        },
+        limits: LimitsConfig {
+            max_connections: Some(20000),
+            max_subscriptions_per_client: 50,
+            publish_rate_messages: 100,
+            publish_rate_bytes: 1 << 20,
+            retained_max_bytes: 1 << 24,
+            connection_rate_per_ip: 10,
         },
         persistence: PersistenceConfig {
             enabled: false,
@@ -525,26 +559,26 @@ fn mosquitto_tls_and_websocket_listeners() {
 fn mosquitto_security_directives_not_implemented_are_refused() {
     let text = "listener 8883\ncafile /etc/ca.pem\ncertfile /etc/c.pem\nkeyfile /etc/k.pem\n\
                 require_certificate true\ncapath /etc/ssl/certs\nlistener 9001\nprotocol websockets\n\
-                password_file /etc/pw\nacl_file /etc/acl\ninclude_dir /etc/mosquitto/conf.d\n\
-                tls_version sslv3\n";
+                password_file /etc/pw\nacl_file /etc/acl\nauth_plugin /x.so\n\
+                include_dir /etc/mosquitto/conf.d\ntls_version sslv3\n";
     let e = errors(mosquitto(text));
-    assert_eq!(e.len(), 5, "{e:#?}");
+    // password_file and acl_file are supported since issue #4: no error for them.
+    assert_eq!(e.len(), 4, "{e:#?}");
     assert_eq!(
         e[0],
-        "`capath` at mosquitto.conf:6 is recognised but not supported yet (this TLS option, \
-         authentication and ACLs arrive in a later release); refusing to start rather than \
-         running without it"
+        "`capath` at mosquitto.conf:6 is recognised but not supported yet (this TLS option or \
+         auth plugin arrives in a later release); refusing to start rather than running \
+         without it"
     );
-    assert!(e[1].starts_with("`password_file` at mosquitto.conf:9"));
-    assert!(e[2].starts_with("`acl_file` at mosquitto.conf:10"));
+    assert!(e[1].starts_with("`auth_plugin` at mosquitto.conf:11"));
     assert_eq!(
-        e[3],
-        "`include_dir` at mosquitto.conf:11 is recognised but not supported: put every directive \
+        e[2],
+        "`include_dir` at mosquitto.conf:12 is recognised but not supported: put every directive \
          in this one file"
     );
     assert_eq!(
-        e[4],
-        "invalid value `sslv3` for `tls_version` at mosquitto.conf:12: expected `tlsv1.2` (TLS 1.2 \
+        e[3],
+        "invalid value `sslv3` for `tls_version` at mosquitto.conf:13: expected `tlsv1.2` (TLS 1.2 \
          and 1.3) or `tlsv1.3`"
     );
 }
@@ -958,6 +992,107 @@ fn files_are_read_by_extension() {
             "invalid value `x` for `max_qos` at {}:2: expected an integer from 0 to 255",
             conf_path.display()
         )]
+    );
+}
+
+#[test]
+fn mosquitto_password_and_acl_files_map_onto_auth() {
+    let c = ok(mosquitto(
+        "listener 0 127.0.0.1\npassword_file /etc/mosquitto/passwd\nacl_file /etc/mosquitto/my acl\n",
+    ));
+    assert_eq!(
+        c.auth.password_file.as_deref(),
+        Some(Path::new("/etc/mosquitto/passwd"))
+    );
+    // The rest of the line, spaces included, as Mosquitto reads it.
+    assert_eq!(
+        c.auth.acl_file.as_deref(),
+        Some(Path::new("/etc/mosquitto/my acl"))
+    );
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
+
+    // per_listener_settings: the same file in two blocks is fine (with a note that it
+    // applies to every listener); two different files are refused, not half-applied.
+    let c = ok(mosquitto(
+        "per_listener_settings true\nlistener 1883\npassword_file /pw\nlistener 1884\n\
+         password_file /pw\n",
+    ));
+    assert_eq!(c.auth.password_file.as_deref(), Some(Path::new("/pw")));
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.contains("applies to every listener"))
+    );
+    let e = errors(mosquitto(
+        "per_listener_settings true\nlistener 1883\nacl_file /a\nlistener 1884\nacl_file /b\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "`acl_file /b` (from mosquitto.conf:5): a different acl_file (`/a`) was given at \
+          mosquitto.conf:3; ferromq applies one acl_file to every listener"
+        ]
+    );
+    assert_eq!(
+        errors(mosquitto("listener 1883\npassword_file\n")),
+        ["missing value for `password_file` at mosquitto.conf:2: expected a file path"]
+    );
+}
+
+#[test]
+fn mosquitto_max_connections_outside_a_listener_is_global() {
+    let c = ok(mosquitto(
+        "max_connections 300\nlistener 1883\nmax_connections 100\nlistener 1884\n",
+    ));
+    assert_eq!(c.limits.max_connections, Some(300));
+    assert_eq!(
+        (
+            c.listeners[0].max_connections,
+            c.listeners[1].max_connections
+        ),
+        (Some(100), None)
+    );
+    assert_eq!(c.listeners.len(), 2, "no default listener is created");
+    let c = ok(mosquitto("max_connections -1\nlistener 1883\n"));
+    assert_eq!(c.limits.max_connections, None);
+}
+
+#[test]
+fn auth_and_limits_keys_from_env_and_their_rules() {
+    let c = ok(env(&[
+        ("FERROMQ_AUTH_PASSWORD_FILE", "/pw"),
+        ("FERROMQ_AUTH_ACL_SUBSCRIBE_FAILURE_CODE", "0x87"),
+        ("FERROMQ_LIMITS_PUBLISH_RATE_MESSAGES", "50"),
+        ("FERROMQ_LIMITS_MAX_CONNECTIONS", "0"),
+        ("FERROMQ_MQTT_CONNECT_TIMEOUT", "500ms"),
+    ]));
+    assert_eq!(c.auth.password_file.as_deref(), Some(Path::new("/pw")));
+    assert_eq!(c.auth.acl_subscribe_failure_code, 0x87);
+    assert_eq!(c.limits.publish_rate_messages, 50);
+    assert_eq!(c.limits.max_connections, None);
+    assert_eq!(c.mqtt.connect_timeout, Duration::from_millis(500));
+    // An empty path means none.
+    assert_eq!(
+        ok(env(&[("FERROMQ_AUTH_ACL_FILE", "")])).auth.acl_file,
+        None
+    );
+
+    let e = errors(toml(
+        "[auth]\nacl_subscribe_failure_code = 0x81\nfailure_window = 0\n\
+         [limits]\nmax_subscriptions_per_client = 0\nretained_max_bytes = 0\n\
+         [mqtt]\nmax_topic_length = 70000\n",
+    ));
+    assert_eq!(e.len(), 5, "{e:#?}");
+    assert!(e.iter().any(|l| l.starts_with(
+        "`auth.acl_subscribe_failure_code` = 129 (from ferromq.toml:2): must be 128"
+    )));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("`mqtt.max_topic_length` = 70000"))
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("`limits.max_subscriptions_per_client` = 0"))
     );
 }
 

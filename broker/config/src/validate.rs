@@ -86,6 +86,33 @@ pub(crate) fn check(
         "must be at least 1",
     );
     v.rule(
+        "mqtt.max_topic_length",
+        (1..=65_535).contains(&m.max_topic_length),
+        "must be from 1 to 65535 bytes, the longest topic MQTT can encode",
+    );
+    let a = &config.auth;
+    v.rule(
+        "auth.acl_subscribe_failure_code",
+        matches!(a.acl_subscribe_failure_code, 0x80 | 0x87),
+        "must be 128 (0x80, Unspecified error) or 135 (0x87, Not authorized)",
+    );
+    v.rule(
+        "auth.failure_window",
+        a.failure_limit == 0 || !a.failure_window.is_zero(),
+        "must be longer than zero while auth.failure_limit is set",
+    );
+    let l = &config.limits;
+    v.rule(
+        "limits.max_subscriptions_per_client",
+        l.max_subscriptions_per_client >= 1,
+        "must be at least 1: every session's subscriptions are bounded",
+    );
+    v.rule(
+        "limits.retained_max_bytes",
+        l.retained_max_bytes >= 1,
+        "must be at least 1: the retained store is bounded",
+    );
+    v.rule(
         "persistence.path",
         !config.persistence.enabled || !config.persistence.path.as_os_str().is_empty(),
         "must not be empty while persistence is enabled",

@@ -119,7 +119,7 @@ impl Broker {
 
     /// Bytes held by retained messages (topic + payload + overhead per message).
     pub fn retained_bytes(&self) -> usize {
-        match self.store() {
+        match &self.shared.store {
             Some(store) => store.retained_bytes(),
             None => self.shared.retained.read().bytes(),
         }
@@ -144,16 +144,55 @@ impl Broker {
 
     /// The retained message of `topic`, if any.
     pub fn retained_get(&self, topic: &str) -> Option<Arc<Message>> {
-        if let Some(store) = self.store() {
-            return store.get_retained(topic);
+        match &self.shared.store {
+            // Persistence on: retained messages live only in the store.
+            Some(_) => self
+                .store_retained(topic, 1)
+                .0
+                .into_iter()
+                .find(|m| *m.topic == *topic),
+            None => self.shared.retained.read().get(topic, Instant::now()),
         }
-        self.shared.retained.read().get(topic, Instant::now())
+    }
+
+    /// Up to `limit` retained messages in the store matching `filter` (key order), and
+    /// whether more matched. A read error is logged and ends the list.
+    fn store_retained(&self, filter: &str, limit: usize) -> (Vec<Arc<Message>>, bool) {
+        let mut out = Vec::new();
+        let mut more = false;
+        let Some(store) = &self.shared.store else {
+            return (out, more);
+        };
+        let prefix = crate::retained::literal_prefix(filter).as_bytes().to_vec();
+        let mut from = prefix.clone();
+        loop {
+            let scanned = store.scan_retained(&prefix, &from, 4096, |topic, stored| {
+                if !ferromq_topic::matches(filter, topic) {
+                    return true;
+                }
+                if out.len() == limit {
+                    more = true;
+                    return false;
+                }
+                out.push(stored.into_message());
+                true
+            });
+            match scanned {
+                Ok(Some(next)) if !more => from = next,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(filter, error = %e, "cannot read retained messages from the store");
+                    break;
+                }
+            }
+        }
+        (out, more)
     }
 
     /// Up to `limit` retained messages matching `filter`, and whether more matched.
     pub fn retained_list(&self, filter: &str, limit: usize) -> (Vec<Arc<Message>>, bool) {
-        if let Some(store) = self.store() {
-            return store.list_retained(filter, limit);
+        if self.shared.store.is_some() {
+            return self.store_retained(filter, limit);
         }
         let mut all = self.shared.retained.read().matching(filter, Instant::now());
         all.sort_by(|a, b| a.topic.cmp(&b.topic));
@@ -166,6 +205,14 @@ impl Broker {
     /// subscribers: the store applies an empty retained message, exactly as for a
     /// client's empty retained PUBLISH [MQTT-3.3.1-6]. False if there was none.
     pub fn retained_delete(&self, topic: &str) -> bool {
+        if let Some(store) = &self.shared.store {
+            let existed = self.retained_get(topic).is_some();
+            if let Err(e) = store.remove_retained(topic) {
+                tracing::warn!(topic, error = %e, "cannot delete a retained message from the store");
+                return false;
+            }
+            return existed;
+        }
         let clear = Message::new(
             ByteString::from(topic),
             Bytes::new(),
@@ -174,21 +221,13 @@ impl Broker {
             PublishProperties::default(),
             None,
         );
-        if let Some(disk) = self.store() {
-            let existed = disk.get_retained(topic).is_some();
-            if let Err(e) = disk.remove_retained(topic) {
-                tracing::warn!(topic, error = %e, "cannot delete a retained message");
-                return false;
-            }
-            return existed;
-        }
         let mut store = self.shared.retained.write();
         if store.get(topic, Instant::now()).is_none() {
             // Also drop an expired leftover, so it does not count in the totals.
-            store.apply(&clear);
+            let _ = store.apply(&clear, usize::MAX);
             return false;
         }
-        store.apply(&clear);
+        let _ = store.apply(&clear, usize::MAX);
         true
     }
 }

@@ -10,6 +10,7 @@ use ferromq_codec::{
 };
 use ferromq_config::MqttConfig;
 
+use crate::auth::{Identity, Security, Subject};
 use crate::broker::PendingWill;
 use crate::message::{Message, SessionId};
 
@@ -46,7 +47,9 @@ pub fn v3_return_code(code: ReasonCode) -> ReasonCode {
         ReasonCode::SUCCESS => ReasonCode::V3_ACCEPTED,
         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION,
         ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => ReasonCode::V3_IDENTIFIER_REJECTED,
-        ReasonCode::BAD_USER_NAME_OR_PASSWORD => ReasonCode::V3_BAD_USER_NAME_OR_PASSWORD,
+        // Mosquitto answers a failed login with 0x05 on 3.1.1, and clients written
+        // against it expect that (the spec's 0x04 would also do).
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD => ReasonCode::V3_NOT_AUTHORIZED,
         ReasonCode::NOT_AUTHORIZED => ReasonCode::V3_NOT_AUTHORIZED,
         _ => ReasonCode::V3_SERVER_UNAVAILABLE,
     }
@@ -58,11 +61,16 @@ pub fn assign_client_id(prefix: &str) -> ByteString {
     ByteString::from(format!("{prefix}{n:016x}"))
 }
 
-/// Applies the CONNECT rules of the spec and the configuration.
+/// Applies the CONNECT rules of the spec and the configuration, for a client that
+/// logged in as `identity` ([`crate::auth::Security::login`] decides that, before
+/// this). `security` checks that the will may be published: a will topic the ACL does
+/// not let this client write is refused with Not authorized at CONNECT, rather than
+/// silently dropped when the will fires.
 pub fn accept(
     connect: &Connect,
     cfg: &MqttConfig,
-    anonymous_allowed: bool,
+    identity: &Identity,
+    security: &Security,
 ) -> Result<Accepted, Refused> {
     let v5 = connect.protocol.is_v5();
     let props = &connect.properties;
@@ -71,13 +79,6 @@ pub fn accept(
     // with Bad Authentication Method [MQTT-4.12.0-1].
     if props.authentication_method.is_some() {
         return Err(Refused(ReasonCode::BAD_AUTHENTICATION_METHOD));
-    }
-    if connect.username.is_none() && !anonymous_allowed {
-        return Err(Refused(ReasonCode::NOT_AUTHORIZED));
-    }
-    if connect.username.is_some() && !anonymous_allowed {
-        // No password file is configured: nobody can be authenticated.
-        return Err(Refused(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
     }
 
     let (client_id, assigned) = if connect.client_id.is_empty() {
@@ -105,6 +106,18 @@ pub fn accept(
         }
         if will.retain && !cfg.retain_available {
             return Err(Refused(ReasonCode::RETAIN_NOT_SUPPORTED));
+        }
+        if will.topic.len() > cfg.max_topic_length
+            || ferromq_topic::level_count(&will.topic) > cfg.max_topic_levels
+        {
+            return Err(Refused(ReasonCode::TOPIC_NAME_INVALID));
+        }
+        let subject = Subject {
+            username: identity.username.as_deref(),
+            client_id: &client_id,
+        };
+        if !security.can_publish(subject, &will.topic) {
+            return Err(Refused(ReasonCode::NOT_AUTHORIZED));
         }
     }
 
@@ -235,6 +248,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn open() -> Security {
+        Security::load(&ferromq_config::Config::default()).unwrap()
+    }
+
+    fn accept(connect: &Connect, cfg: &MqttConfig, _anonymous: bool) -> Result<Accepted, Refused> {
+        super::accept(connect, cfg, &Identity::default(), &open())
+    }
+
     fn connect(protocol: ProtocolVersion, id: &str, clean: bool) -> Connect {
         Connect {
             protocol,
@@ -301,8 +322,35 @@ mod tests {
 
     #[test]
     fn anonymous_refused_when_disallowed() {
+        // Login decides this now (`Security::login`); the refusal maps to 0x05.
+        let e = open().authenticate(None, None, false).unwrap_err();
+        assert_eq!(
+            v3_return_code(e.reason_code()),
+            ReasonCode::V3_NOT_AUTHORIZED
+        );
+        assert_eq!(e.v3_return_code(), ReasonCode::V3_NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn will_topic_needs_write_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acl");
+        std::fs::write(&path, "pattern write wills/%c\n").unwrap();
+        let mut config = ferromq_config::Config::default();
+        config.auth.acl_file = Some(path);
+        let security = Security::load(&config).unwrap();
         let cfg = MqttConfig::default();
-        let r = accept(&connect(ProtocolVersion::V3_1_1, "a", true), &cfg, false).unwrap_err();
-        assert_eq!(v3_return_code(r.0), ReasonCode::V3_NOT_AUTHORIZED);
+        let mut c = connect(ProtocolVersion::V5, "dev1", true);
+        c.will = Some(ferromq_codec::LastWill {
+            topic: ByteString::from("wills/dev1"),
+            payload: Default::default(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        assert!(super::accept(&c, &cfg, &Identity::default(), &security).is_ok());
+        c.client_id = ByteString::from("dev2");
+        let r = super::accept(&c, &cfg, &Identity::default(), &security).unwrap_err();
+        assert_eq!(r.0, ReasonCode::NOT_AUTHORIZED);
     }
 }

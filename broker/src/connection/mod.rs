@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferromq_codec::{
-    AckProperties, ByteString, Connect, DecodeError, Disconnect, Packet, ProtocolVersion, PubResp,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    AckProperties, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, ProtocolVersion,
+    PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::broker::{Broker, PendingWill};
+use crate::auth::{Identity, LoginError, Op, Subject};
+use crate::broker::{Broker, PendingWill, PublishRefused};
+use crate::limits::PublishThrottle;
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
 use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
@@ -46,6 +48,11 @@ const READ_BUFFER: usize = 4 * 1024;
 /// chunk and grows again once a read fills the buffer). This is what keeps an idle
 /// connection's memory near 1 KB instead of carrying 4 KiB it does not use.
 const READ_SMALL: usize = 256;
+/// Read buffer until the CONNECT arrived: most CONNECTs are far smaller, and a socket
+/// that sends nothing (10,000 of them, in the abuse tests) should cost little. A larger
+/// CONNECT grows it to its size (bounded by the maximum packet size). Reading a short
+/// HTTP request line and headers whole also lets the close be a FIN, not a reset.
+const CONNECT_BUFFER: usize = 256;
 /// A write buffer that grew beyond this is released when the connection goes idle.
 const WRITE_BUFFER_KEEP: usize = 64 * 1024;
 /// How long a connection we close with a DISCONNECT keeps draining the client's input.
@@ -55,6 +62,10 @@ const MAX_BATCH: usize = 1024;
 /// Most retained keys a retained cursor looks at per wake-up, so that a subscribe
 /// whose filter matches few of many keys does not stall the connection.
 const RETAINED_SCAN_BUDGET: usize = 4096;
+/// Most message bytes (by `Message::weight`) moved from the session queue into the
+/// write buffer per wake-up: with large messages, `MAX_BATCH` alone would let the
+/// write buffer of a client that reads nothing hold up to 1024 × the packet size.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a connection ended; decides the will and the log line.
 #[derive(Debug)]
@@ -121,25 +132,6 @@ impl From<SocketAddr> for ConnectionInfo {
     }
 }
 
-/// Applies `use_identity_as_username`: the certificate's CN becomes the username
-/// (the client's own username and password are not used). Returns whether the
-/// client is authenticated by its certificate.
-fn apply_identity(
-    connect: &mut Connect,
-    info: &ConnectionInfo,
-) -> Result<bool, handshake::Refused> {
-    if !info.use_identity_as_username {
-        return Ok(false);
-    }
-    match &info.cert_cn {
-        Some(cn) => {
-            connect.username = Some(ByteString::from(cn.as_str()));
-            Ok(true)
-        }
-        None => Err(handshake::Refused(ReasonCode::NOT_AUTHORIZED)),
-    }
-}
-
 /// Serves one accepted socket until it closes.
 pub async fn serve<S>(mut stream: S, info: impl Into<ConnectionInfo>, broker: Broker)
 where
@@ -147,17 +139,25 @@ where
 {
     let info = info.into();
     let peer = info.peer;
-    let listener = info.listener.clone();
-    let mut rbuf = BytesMut::new();
+    let mut rbuf = BytesMut::with_capacity(CONNECT_BUFFER);
     let mut connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
         Some(c) => c,
         None => return,
     };
     let cfg = broker.mqtt().clone();
-    let anonymous = info.allow_anonymous.unwrap_or(cfg.allow_anonymous);
-    let accepted = match apply_identity(&mut connect, &info)
-        .and_then(|by_cert| handshake::accept(&connect, &cfg, anonymous || by_cert))
-    {
+    let anonymous_allowed = info.allow_anonymous.unwrap_or(cfg.allow_anonymous);
+    let identity = match login(&broker, &mut connect, &info, anonymous_allowed) {
+        Ok(identity) => identity,
+        Err(code) => {
+            let ack = ConnAck {
+                reason_code: code,
+                ..Default::default()
+            };
+            send_refusal(&mut stream, connect.protocol, ack).await;
+            return;
+        }
+    };
+    let accepted = match handshake::accept(&connect, &cfg, &identity, broker.security()) {
         Ok(a) => a,
         Err(refused) => {
             tracing::info!(client_id = %connect.client_id, addr = %peer, listener = %info.listener, reason = %refused.0, "connection refused");
@@ -168,14 +168,49 @@ where
                 Stats::add(&broker.stats().auth_failures, 1);
             }
             let ack = handshake::refusal(connect.protocol, refused);
-            let mut out = BytesMut::new();
-            if ferromq_codec::encode(&Packet::ConnAck(ack), connect.protocol, &mut out).is_ok() {
-                let _ = stream.write_all(&out).await;
-                let _ = stream.flush().await;
-            }
+            send_refusal(&mut stream, connect.protocol, ack).await;
             return;
         }
     };
+    // The connected phase is boxed: its state (the connection, its buffers, the read
+    // loop: ~24 KB) is allocated only once a CONNECT was accepted, so a socket that
+    // never sends one costs a small future (10,000 idle sockets in the abuse tests).
+    let phase = Connected {
+        info,
+        connect,
+        cfg,
+        accepted,
+        identity,
+        rbuf,
+    };
+    Box::pin(serve_connected(stream, phase, broker)).await;
+}
+
+/// What the CONNECT phase of [`serve`] hands to the connected phase.
+struct Connected {
+    info: ConnectionInfo,
+    connect: Box<Connect>,
+    cfg: ferromq_config::MqttConfig,
+    accepted: Accepted,
+    identity: Identity,
+    rbuf: BytesMut,
+}
+
+/// Serves an accepted CONNECT: opens the session, sends CONNACK, runs the connection.
+async fn serve_connected<S>(mut stream: S, phase: Connected, broker: Broker)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Connected {
+        info,
+        connect,
+        cfg,
+        accepted,
+        identity,
+        rbuf,
+    } = phase;
+    let peer = info.peer;
+    let listener = info.listener.clone();
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -183,6 +218,8 @@ where
             accepted.session_expiry,
         )
         .await;
+    // Read ACL checks of deliveries to this session use the latest login's username.
+    opened.session.lock().username = identity.username.clone();
     let ack = handshake::connack(&accepted, &connect, &cfg, opened.session_present);
     let will = handshake::pending_will(&connect, opened.session.id);
     tracing::info!(
@@ -234,6 +271,9 @@ where
         retained_cursors: VecDeque::new(),
         accepted,
         cfg,
+        identity,
+        throttle: PublishThrottle::new(&broker.config().limits, Instant::now()),
+        quota_logged: false,
     };
     conn.encode(&Packet::ConnAck(ack));
     // Resend what was in flight when the session was last connected, then whatever
@@ -254,6 +294,77 @@ where
     broker
         .stats()
         .connection_closed(&listener, protocol, reason);
+}
+
+/// Authenticates a CONNECT; on failure, counts and logs it (naming the address and
+/// username, never the password) and returns the CONNACK code that refuses it:
+/// 0x86 / 0x87 / 0x9F for v5, 0x05 for 3.1.x, as Mosquitto answers.
+///
+/// On a listener with `use_identity_as_username` the client is authenticated by its
+/// certificate: the CN becomes the username (the client's own username and password
+/// are not used, no password file is consulted); without a client certificate it is
+/// refused as not authorised. Otherwise [`crate::auth::Security::login`] decides, with
+/// the listener's `allow_anonymous` (`anonymous_allowed`).
+fn login(
+    broker: &Broker,
+    connect: &mut Connect,
+    info: &ConnectionInfo,
+    anonymous_allowed: bool,
+) -> Result<Identity, ReasonCode> {
+    let peer = info.peer;
+    let result = if info.use_identity_as_username {
+        match &info.cert_cn {
+            Some(cn) => {
+                connect.username = Some(ByteString::from(cn.as_str()));
+                connect.password = None;
+                Ok(Identity {
+                    username: connect.username.clone(),
+                })
+            }
+            None => Err(LoginError::NotAuthorized),
+        }
+    } else {
+        broker.security().login(
+            peer.ip(),
+            connect.username.as_deref(),
+            connect.password.as_deref(),
+            anonymous_allowed,
+        )
+    };
+    match result {
+        Ok(identity) => Ok(identity),
+        Err(e) => {
+            let stats = broker.stats();
+            let username = connect.username.as_deref();
+            if e == LoginError::Blocked {
+                Stats::add(&stats.auth_blocked, 1);
+                tracing::info!(addr = %peer, listener = %info.listener, client_id = %connect.client_id, username = ?username, "connection refused: too many failed logins from this address");
+            } else {
+                Stats::add(&stats.auth_failures, 1);
+                tracing::warn!(addr = %peer, listener = %info.listener, client_id = %connect.client_id, username = ?username, reason = ?e, "connection refused: login failed");
+            }
+            Err(if connect.protocol.is_v5() {
+                e.reason_code()
+            } else {
+                e.v3_return_code()
+            })
+        }
+    }
+}
+
+/// Writes a refusing CONNACK (best effort: the socket closes right after).
+async fn send_refusal<S>(stream: &mut S, protocol: ProtocolVersion, ack: ConnAck)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    if ferromq_codec::encode(&Packet::ConnAck(ack), protocol, &mut out).is_ok() {
+        let _ = tokio::time::timeout(LINGER, async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        })
+        .await;
+    }
 }
 
 /// Reads the first packet, which must be a CONNECT [MQTT-3.1.0-1], within the connect
@@ -346,21 +457,22 @@ where
     }
 }
 
-/// Whether the first bytes are an HTTP request line (`GET /`, `POST /`, ...): a
-/// browser or a WebSocket client pointed at a plain MQTT port. A CONNECT starts
-/// with 0x10, never with an ASCII letter.
-fn looks_like_http(rbuf: &[u8]) -> bool {
-    const METHODS: [&[u8]; 8] = [
+/// Whether the first bytes of a connection are an HTTP request line (a browser, a
+/// health check or a WebSocket client pointed at a plain MQTT port), so the log can
+/// say so. No CONNECT starts like this: `G`, `P`, `H`, ... are not packet type 1.
+fn looks_like_http(buf: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
         b"GET ",
         b"POST ",
-        b"PUT ",
         b"HEAD ",
-        b"OPTIONS ",
+        b"PUT ",
         b"DELETE ",
+        b"OPTIONS ",
         b"PATCH ",
         b"CONNECT ",
+        b"TRACE ",
     ];
-    METHODS.iter().any(|m| rbuf.starts_with(m))
+    METHODS.iter().any(|m| buf.starts_with(m))
 }
 
 struct Connection {
@@ -388,11 +500,25 @@ struct Connection {
     gated: VecDeque<(u64, Packet)>,
     /// Retained messages still to send for SUBSCRIBEs (persistence on), in order.
     retained_cursors: VecDeque<crate::retained::RetainedCursor>,
+    /// Who logged in, for ACL checks.
+    identity: Identity,
+    /// `limits.publish_rate_*`: while in debt, the socket is not read.
+    throttle: PublishThrottle,
+    /// The subscription quota refusal was logged for this connection.
+    quota_logged: bool,
 }
 
 impl Connection {
     fn v5(&self) -> bool {
         self.protocol.is_v5()
+    }
+
+    /// This client, for ACL checks.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            username: self.identity.username.as_deref(),
+            client_id: &self.session.client_id,
+        }
     }
 
     async fn run<S>(&mut self, stream: &mut S, mut rbuf: BytesMut) -> Close
@@ -403,6 +529,7 @@ impl Connection {
             .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+        let mut was_paused = false;
         let max_in = self.cfg.max_packet_size as usize;
         // Anything that arrived together with the CONNECT.
         if !rbuf.is_empty()
@@ -438,11 +565,35 @@ impl Connection {
             }
             // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
             let spare = (rbuf.capacity() - rbuf.len()).max(64);
+            // Publish rate limit: while in debt, do not read the socket (TCP flow control
+            // then slows the client down); deliveries to it go on.
+            let pause = if self.throttle.is_active() {
+                self.throttle.pause(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let paused = !pause.is_zero();
+            if paused && !was_paused {
+                Stats::add(&self.broker.stats().publish_throttled, 1);
+                tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
+            }
+            was_paused = paused;
             tokio::select! {
                 biased;
                 _ = self.link.kick.cancelled() => return self.kicked(stream, &mut rbuf, max_in),
                 _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
-                read = stream.read_buf(&mut rbuf) => match read {
+                _ = tokio::time::sleep(pause), if paused => {
+                    // The client's PINGREQs waited unread in the socket: its keep alive
+                    // starts again now.
+                    deadline = deadline.max(tokio::time::Instant::now() + keep_alive.unwrap_or(far));
+                    // Packets already read and held back by the limit.
+                    if !rbuf.is_empty()
+                        && let Err(close) = self.process_input(&mut rbuf, max_in)
+                    {
+                        return close;
+                    }
+                }
+                read = stream.read_buf(&mut rbuf), if !paused => match read {
                     Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
                     Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
                     Ok(n) => {
@@ -469,7 +620,7 @@ impl Connection {
                 },
                 _ = self.session.wait_for_work() => {}
                 _ = wait_flushed(&mut self.flushed), if !self.gated.is_empty() => {}
-                _ = tokio::time::sleep_until(deadline) => return Close::KeepAlive,
+                _ = tokio::time::sleep_until(deadline), if !paused => return Close::KeepAlive,
             }
         }
     }
@@ -498,6 +649,12 @@ impl Connection {
                 Some(packet) => {
                     Stats::add(&self.broker.stats().packets_received, 1);
                     self.handle(packet)?;
+                    // Publish rate limit: once in debt, the rest of the buffer waits
+                    // too (the read loop processes it after the pause), so one large
+                    // read cannot carry a burst past the limit.
+                    if self.throttle.is_active() && !self.throttle.pause(Instant::now()).is_zero() {
+                        return Ok(());
+                    }
                 }
                 None => {
                     // Room for the rest of a large packet, bounded by the maximum
@@ -662,6 +819,18 @@ impl Connection {
                 "too many topic levels",
             ));
         }
+        if topic.len() > self.cfg.max_topic_length {
+            return Err(Close::protocol(
+                ReasonCode::TOPIC_NAME_INVALID,
+                format!(
+                    "topic name of {} bytes is longer than mqtt.max_topic_length",
+                    topic.len()
+                ),
+            ));
+        }
+        if self.throttle.is_active() {
+            self.throttle.charge(p.payload.len(), Instant::now());
+        }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
                 ReasonCode::PROTOCOL_ERROR,
@@ -684,6 +853,22 @@ impl Connection {
             .cfg
             .max_payload_size
             .is_some_and(|max| p.payload.len() > max as usize);
+
+        // Publish ACL: v5 learns it from PUBACK / PUBREC 0x87 (the QoS 2 flow ends
+        // there [MQTT-4.3.3-?]); 3.1.1 cannot be told, so the message is acknowledged
+        // and dropped, as Mosquitto does. Nothing is stored or routed either way.
+        if !self.broker.security().can_publish(self.subject(), &topic) {
+            Stats::add(&self.broker.stats().acl_publish_denied, 1);
+            Stats::add(&self.broker.stats().dropped_not_authorized, 1);
+            tracing::debug!(client_id = %self.session.client_id, topic = %topic, "PUBLISH denied by the ACL");
+            let reason = if self.v5() {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
+            self.ack_publish(p.qos, p.packet_id, reason, None);
+            return Ok(());
+        }
 
         let route = match p.qos {
             QoS::AtMostOnce | QoS::AtLeastOnce => !too_big,
@@ -710,6 +895,7 @@ impl Connection {
             matched: 1,
             ..Default::default()
         };
+        let mut refused = None;
         if route {
             let message = Message::new(
                 topic,
@@ -722,15 +908,21 @@ impl Connection {
             match (&self.store, p.qos) {
                 (Some(store), QoS::ExactlyOnce) => {
                     // The packet id is durable before PUBREC, together with the
-                    // deliveries it stands for, so a PUBLISH resent after a restart is
-                    // neither lost nor delivered twice [MQTT-4.3.3-9].
+                    // deliveries it stands for (one sled transaction), so a PUBLISH
+                    // resent after a restart is neither lost nor delivered twice
+                    // [MQTT-4.3.3-9].
                     let store = store.clone();
                     let broker = self.broker.clone();
                     let (routed, written) =
                         store.route_qos2_atomically(&self.session.client_id, p.packet_id, || {
-                            broker.publish(message)
+                            broker.try_publish(message)
                         });
-                    outcome = routed;
+                    match routed {
+                        Ok(o) => outcome = o,
+                        Err(PublishRefused::RetainedBudget) => {
+                            refused = Some(ReasonCode::QUOTA_EXCEEDED)
+                        }
+                    }
                     match written {
                         Ok(g) => generation = Some(g),
                         Err(e) => {
@@ -739,7 +931,14 @@ impl Connection {
                         }
                     }
                 }
-                _ => outcome = self.broker.publish(message),
+                _ => match self.broker.try_publish(message) {
+                    Ok(o) => outcome = o,
+                    // `limits.retained_max_bytes`: neither stored nor routed (the broker
+                    // logged it); v5 learns it from 0x97, 3.1.1 cannot be told.
+                    Err(PublishRefused::RetainedBudget) => {
+                        refused = Some(ReasonCode::QUOTA_EXCEEDED)
+                    }
+                },
             }
         } else if too_big {
             Stats::add(&self.broker.stats().dropped_payload_too_large, 1);
@@ -751,44 +950,23 @@ impl Connection {
             tracing::warn!(client_id = %self.session.client_id, "closing connection: cannot store the message (disk full or I/O error)");
             return Err(Close::Storage);
         }
-        let reason = if too_big {
-            ReasonCode::PACKET_TOO_LARGE
-        } else if outcome.store_failed {
-            tracing::warn!(client_id = %self.session.client_id, "publish refused with 0x97: cannot store the message (disk full or I/O error)");
-            ReasonCode::QUOTA_EXCEEDED
-        } else if outcome.matched == 0 {
-            ReasonCode::NO_MATCHING_SUBSCRIBERS
-        } else {
-            ReasonCode::SUCCESS
+        let reason = match refused {
+            _ if too_big => ReasonCode::PACKET_TOO_LARGE,
+            Some(code) if self.v5() => code,
+            Some(_) => ReasonCode::SUCCESS,
+            None if outcome.store_failed => {
+                tracing::warn!(client_id = %self.session.client_id, "publish refused with 0x97: cannot store the message (disk full or I/O error)");
+                ReasonCode::QUOTA_EXCEEDED
+            }
+            None if outcome.matched == 0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            None => ReasonCode::SUCCESS,
         };
         let generation = generation.max(outcome.generation);
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_after(
-                generation,
-                Packet::PubAck(PubResp {
-                    packet_id: p.packet_id,
-                    reason_code: reason,
-                    ..Default::default()
-                }),
-            ),
-            QoS::ExactlyOnce => {
-                if !reason.is_success() {
-                    // An error PUBREC ends the flow: forget the id.
-                    self.session.lock().delivery.on_pubrel(p.packet_id);
-                    let pid = p.packet_id;
-                    self.store_write(|s, c| s.remove_inbound(c, pid));
-                }
-                self.send_after(
-                    generation,
-                    Packet::PubRec(PubResp {
-                        packet_id: p.packet_id,
-                        reason_code: reason,
-                        ..Default::default()
-                    }),
-                )
-            }
+        if p.qos == QoS::ExactlyOnce && !reason.is_success() {
+            // An error PUBREC ends the flow: forget the id.
+            self.forget_inbound_qos2(p.packet_id);
         }
+        self.ack_publish(p.qos, p.packet_id, reason, generation);
         Ok(())
     }
 
@@ -861,10 +1039,40 @@ impl Connection {
         Ok(())
     }
 
+    /// Ends a QoS 2 flow refused with an error PUBREC: the id is forgotten, in memory
+    /// and in the store.
+    fn forget_inbound_qos2(&mut self, packet_id: u16) {
+        self.session.lock().delivery.on_pubrel(packet_id);
+        self.store_write(|s, c| s.remove_inbound(c, packet_id));
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`, once `generation` is on disk
+    /// (see [`Connection::send_after`]); nothing for QoS 0.
+    fn ack_publish(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        generation: Option<u64>,
+    ) {
+        let resp = PubResp {
+            packet_id,
+            reason_code: reason,
+            ..Default::default()
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send_after(generation, Packet::PubAck(resp)),
+            QoS::ExactlyOnce => self.send_after(generation, Packet::PubRec(resp)),
+        }
+    }
+
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let identifier = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let acl = self.broker.security().acl();
+        let max_subscriptions = self.broker.config().limits.max_subscriptions_per_client;
         for (filter, options) in &s.filters {
             let (group, bare) = match ferromq_topic::parse_shared(filter) {
                 Ok(Some(sh)) => (Some(sh.group), sh.filter),
@@ -876,6 +1084,7 @@ impl Connection {
             };
             if ferromq_topic::validate_topic_filter(bare).is_err()
                 || ferromq_topic::level_count(bare) > self.cfg.max_topic_levels
+                || filter.len() > self.cfg.max_topic_length
             {
                 codes.push(self.subscribe_failure(ReasonCode::TOPIC_FILTER_INVALID));
                 continue;
@@ -885,6 +1094,33 @@ impl Connection {
                     ReasonCode::PROTOCOL_ERROR,
                     "No Local on a shared subscription [MQTT-3.8.3-4]",
                 ));
+            }
+            if let Some(acl) = &acl
+                && !acl.check_subscribe(self.subject(), bare)
+            {
+                Stats::add(&self.broker.stats().acl_subscribe_denied, 1);
+                tracing::debug!(client_id = %self.session.client_id, filter = %filter, "SUBSCRIBE denied by the ACL");
+                let code = self.broker.security().subscribe_failure_code();
+                codes.push(self.subscribe_failure(code));
+                continue;
+            }
+            // `limits.max_subscriptions_per_client`: a new filter beyond it is refused
+            // (0x97 Quota exceeded; 3.1.1 0x80); replacing an existing one is not new.
+            let over_quota = {
+                let inner = self.session.lock();
+                inner.subscriptions.len() >= max_subscriptions
+                    && !inner.subscriptions.contains_key(filter)
+            };
+            if over_quota {
+                if !self.quota_logged {
+                    // Once per connection: a client looping on SUBSCRIBE must not
+                    // flood the log.
+                    self.quota_logged = true;
+                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer, limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
+                }
+                Stats::add(&self.broker.stats().subscription_quota_exceeded, 1);
+                codes.push(self.subscribe_failure(ReasonCode::QUOTA_EXCEEDED));
+                continue;
             }
             let mut granted_options = *options;
             granted_options.qos = handshake::granted_qos(options.qos, self.cfg.max_qos);
@@ -904,12 +1140,22 @@ impl Connection {
                     .broker
                     .retained_cursor(bare, granted_options.qos, identifier)
                 {
+                    // Checked for `read` as the cursor reaches each message.
                     Some(cursor) => self.retained_cursors.push_back(cursor),
-                    None => retained.extend(self.broker.retained_deliveries(
-                        bare,
-                        granted_options.qos,
-                        identifier,
-                    )),
+                    None => {
+                        let mut matches =
+                            self.broker
+                                .retained_deliveries(bare, granted_options.qos, identifier);
+                        // Each retained message is checked for `read`, like a live delivery.
+                        if let Some(acl) = &acl {
+                            let subject = self.subject();
+                            let before = matches.len();
+                            matches.retain(|d| acl.check(subject, &d.message.topic, Op::Read));
+                            let denied = (before - matches.len()) as u64;
+                            Stats::add(&self.broker.stats().acl_read_denied, denied);
+                        }
+                        retained.extend(matches);
+                    }
                 }
             }
             codes.push(ReasonCode(granted_options.qos as u8));
@@ -975,11 +1221,17 @@ impl Connection {
     fn drain_session(&mut self) {
         let now = Instant::now();
         let mut batch = crate::fanout::take_outgoing();
+        let mut bytes = 0;
         {
             let mut inner = self.session.lock();
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match self.session.next_outgoing(&mut inner, self.window, now) {
-                    Some(out) => batch.push(out),
+                    Some(out) => {
+                        if let Outgoing::Publish { delivery, .. } = &out {
+                            bytes += delivery.message.weight();
+                        }
+                        batch.push(out);
+                    }
                     None => break,
                 }
             }
@@ -1020,7 +1272,7 @@ impl Connection {
                 }
             }
         }
-        if batch.len() == MAX_BATCH {
+        if batch.len() == MAX_BATCH || bytes >= MAX_BATCH_BYTES {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }
@@ -1038,8 +1290,15 @@ impl Connection {
         let Some(store) = self.broker.store().cloned() else {
             return;
         };
+        // Each retained message is checked for `read`, like a live delivery.
+        let acl = self.broker.security().acl();
+        let session = &self.session;
+        let may_read = |topic: &str| acl.as_ref().is_none_or(|acl| session.may_read(acl, topic));
         while let Some(cursor) = self.retained_cursors.front_mut() {
-            let pumped = cursor.pump(&store, &self.session, RETAINED_SCAN_BUDGET);
+            let pumped = cursor.pump(&store, session, RETAINED_SCAN_BUDGET, &may_read);
+            if pumped.denied > 0 {
+                Stats::add(&self.broker.stats().acl_read_denied, pumped.denied as u64);
+            }
             if pumped.too_large > 0 {
                 Stats::add(
                     &self.broker.stats().dropped_queue_full,

@@ -111,6 +111,13 @@ pub struct SessionInner {
     pub pending_will: Option<crate::broker::PendingWill>,
     /// Set once the session has ended and left the registry; a late enqueue is ignored.
     pub ended: bool,
+    /// The username its current (or last) connection logged in with, for read ACL
+    /// checks of deliveries (`user` blocks, `%u`).
+    pub username: Option<ByteString>,
+    /// Deliveries dropped on a full queue since the last log line about it.
+    overflow_dropped: u64,
+    /// When that log line was written.
+    overflow_logged: Option<std::time::Instant>,
 }
 
 /// A client session.
@@ -144,6 +151,9 @@ impl Session {
                 offline_timer: None,
                 pending_will: None,
                 ended: false,
+                username: None,
+                overflow_dropped: 0,
+                overflow_logged: None,
             }),
             notify: Notify::new(),
         })
@@ -319,6 +329,37 @@ impl Session {
     /// Wakes the connection without a new delivery (e.g. after an ack freed the window).
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// Counts a delivery dropped on a full queue. Returns the number dropped since the
+    /// last report when a log line is due: at the first drop, then at most every 10 s,
+    /// so a client that reads nothing is named in the log without flooding it.
+    pub fn note_overflow(&self, now: std::time::Instant) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        inner.overflow_dropped += 1;
+        let due = inner
+            .overflow_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(10));
+        if due {
+            inner.overflow_logged = Some(now);
+            Some(std::mem::take(&mut inner.overflow_dropped))
+        } else {
+            None
+        }
+    }
+
+    /// Whether this session's client may read `topic` under `acl` (its username as
+    /// of its latest login, its client id).
+    pub fn may_read(&self, acl: &crate::auth::Acl, topic: &str) -> bool {
+        let username = self.inner.lock().username.clone();
+        acl.check(
+            crate::auth::Subject {
+                username: username.as_deref(),
+                client_id: &self.client_id,
+            },
+            topic,
+            crate::auth::Op::Read,
+        )
     }
 
     pub fn is_online(&self) -> bool {

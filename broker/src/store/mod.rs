@@ -50,6 +50,7 @@ use sled::Transactional;
 use tokio::sync::{Notify, watch};
 
 use crate::message::{Delivery, Message};
+use crate::retained::OverBudget;
 use crate::session::state::Stage;
 
 /// A raw key and value for the store.
@@ -183,8 +184,11 @@ pub struct Store {
     /// Records in `retained`, kept exactly from sled's insert/remove results
     /// (`Tree::len` walks the whole tree).
     retained_count: AtomicU64,
-    /// Bytes of the retained records (keys and values), for the metrics.
+    /// Bytes of the records in `retained` (key + stored record), the measure of
+    /// `limits.retained_max_bytes` with persistence on; kept from sled's results too.
     retained_bytes: AtomicU64,
+    /// Makes a budgeted retained write's check and insert one step.
+    retained_write: parking_lot::Mutex<()>,
     queue_memory_window: usize,
     durability: Durability,
     written: AtomicU64,
@@ -370,6 +374,7 @@ impl Store {
             retained: tree("retained")?,
             retained_count: AtomicU64::new(0),
             retained_bytes: AtomicU64::new(0),
+            retained_write: parking_lot::Mutex::new(()),
             queue_memory_window: cfg.queue_memory_window.max(1),
             path: dir,
             db,
@@ -621,30 +626,41 @@ impl Store {
         Ok(self.wrote())
     }
 
-    /// Stores a retained message, or clears the topic for an empty payload.
-    pub fn put_retained(&self, message: &Message) -> Result<u64, StoreError> {
+    /// Stores a retained message, or clears the topic for an empty payload, within `limits.retained_max_bytes` (`max_bytes`,
+    /// measured as key + stored record bytes): a message that would take the retained
+    /// tree above it is not stored ([`OverBudget`]) and the topic keeps its previous
+    /// message; replacing with a smaller message and clearing always succeed.
+    pub fn put_retained_within(
+        &self,
+        message: &Message,
+        max_bytes: usize,
+    ) -> Result<Result<u64, OverBudget>, StoreError> {
         if message.payload.is_empty() {
-            self.remove_retained(&message.topic)
-        } else {
-            let value = codec::encode_message(message);
-            let added = (message.topic.len() + value.len()) as u64;
-            let old = self.retained.insert(message.topic.as_bytes(), value)?;
-            match old {
-                None => {
-                    self.retained_count.fetch_add(1, Ordering::AcqRel);
-                }
-                Some(old) => {
-                    let gone = (message.topic.len() + old.len()) as u64;
-                    let _ = self.retained_bytes.fetch_update(
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                        |b| Some(b.saturating_sub(gone)),
-                    );
-                }
-            }
-            self.retained_bytes.fetch_add(added, Ordering::AcqRel);
-            Ok(self.wrote())
+            return self.remove_retained(&message.topic).map(Ok);
         }
+        let key = message.topic.as_bytes();
+        let value = codec::encode_message(message);
+        let added = (key.len() + value.len()) as u64;
+        let _write = self.retained_write.lock();
+        let replaced = self
+            .retained
+            .get(key)?
+            .map_or(0, |v| (key.len() + v.len()) as u64);
+        let total = self.retained_bytes.load(Ordering::Acquire);
+        if total.saturating_sub(replaced).saturating_add(added) > max_bytes as u64 {
+            return Ok(Err(OverBudget));
+        }
+        match self.retained.insert(key, value)? {
+            None => {
+                self.retained_count.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(old) => {
+                self.retained_bytes
+                    .fetch_sub((key.len() + old.len()) as u64, Ordering::AcqRel);
+            }
+        }
+        self.retained_bytes.fetch_add(added, Ordering::AcqRel);
+        Ok(Ok(self.wrote()))
     }
 
     pub fn remove_retained(&self, topic: &str) -> Result<u64, StoreError> {
@@ -655,19 +671,10 @@ impl Store {
     fn remove_retained_key(&self, key: &[u8]) -> Result<(), StoreError> {
         if let Some(old) = self.retained.remove(key)? {
             self.retained_count.fetch_sub(1, Ordering::AcqRel);
-            let gone = (key.len() + old.len()) as u64;
-            let _ = self
-                .retained_bytes
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                    Some(b.saturating_sub(gone))
-                });
+            self.retained_bytes
+                .fetch_sub((key.len() + old.len()) as u64, Ordering::AcqRel);
         }
         Ok(())
-    }
-
-    /// Bytes of the retained records on disk (keys and values).
-    pub fn retained_bytes(&self) -> usize {
-        self.retained_bytes.load(Ordering::Acquire) as usize
     }
 
     /// The live retained message of `topic`, read from disk.
@@ -706,6 +713,11 @@ impl Store {
     /// Retained messages in the store.
     pub fn retained_count(&self) -> usize {
         self.retained_count.load(Ordering::Acquire) as usize
+    }
+
+    /// Bytes of the retained records (key + stored record).
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes.load(Ordering::Acquire) as usize
     }
 
     /// Scans the retained tree from `from` (inclusive) while keys start with
@@ -796,6 +808,7 @@ impl Store {
         let mut expired_keys: Vec<(&sled::Tree, sled::IVec)> = Vec::new();
 
         // Headers only: the retained messages stay on disk (see "Bounded memory").
+        let mut retained_bytes = 0u64;
         for item in self.retained.iter() {
             let (k, v) = item.map_err(|e| bad("retained", e.to_string()))?;
             if !codec::header_ok(&v) {
@@ -809,12 +822,12 @@ impl Store {
                 expired_keys.push((&self.retained, k));
             } else {
                 loaded.retained += 1;
-                self.retained_bytes
-                    .fetch_add((k.len() + v.len()) as u64, Ordering::AcqRel);
+                retained_bytes += (k.len() + v.len()) as u64;
             }
         }
         self.retained_count
             .store(loaded.retained as u64, Ordering::Release);
+        self.retained_bytes.store(retained_bytes, Ordering::Release);
 
         let mut by_client: HashMap<String, LoadedSession> = HashMap::new();
         for item in self.sessions.iter() {
