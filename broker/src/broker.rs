@@ -335,14 +335,19 @@ impl Broker {
         self.shared.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn new_session(&self, client_id: &ByteString, expiry_interval: u32) -> OpenedSession {
+    /// A fresh, offline session with a new id, the configured queue limits and the store.
+    fn make_session(&self, client_id: &ByteString) -> Arc<Session> {
         let id: SessionId = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(
+        Session::new(
             id,
             client_id.clone(),
             self.queue_limits(),
             self.shared.store.clone(),
-        );
+        )
+    }
+
+    fn new_session(&self, client_id: &ByteString, expiry_interval: u32) -> OpenedSession {
+        let session = self.make_session(client_id);
         let link = Link::new(self.next_generation());
         {
             let mut inner = session.lock();
@@ -757,13 +762,7 @@ impl Broker {
             } else {
                 expiry - elapsed_s as u32
             };
-            let id: SessionId = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
-            let session = Session::new(
-                id,
-                client_id.clone(),
-                self.queue_limits(),
-                self.shared.store.clone(),
-            );
+            let session = self.make_session(&client_id);
             let timer = CancellationToken::new();
             let mut will_delay = None;
             {
