@@ -1442,6 +1442,17 @@ impl Connection {
             .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        let will = match &close {
+            Close::ClientDisconnect { keep_will } => will.filter(|_| *keep_will),
+            // Shutting down: the broker is going away with every client; no wills.
+            Close::Shutdown => None,
+            _ => will,
+        };
+        tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
+        self.broker
+            .close_connection(&self.session, &self.link, will, self.session_expiry);
+        // Detached first, linger after: a takeover waits for the detach, and the new
+        // connection's CONNACK must not wait for the old socket's lingering close.
         if disconnect_reason.is_some() {
             // Lingering close: after our FIN, read and discard what the client still
             // sends (briefly) instead of closing at once. Closing a socket with unread
@@ -1458,16 +1469,6 @@ impl Connection {
             })
             .await;
         }
-
-        let will = match &close {
-            Close::ClientDisconnect { keep_will } => will.filter(|_| *keep_will),
-            // Shutting down: the broker is going away with every client; no wills.
-            Close::Shutdown => None,
-            _ => will,
-        };
-        tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
-        self.broker
-            .close_connection(&self.session, &self.link, will, self.session_expiry);
     }
 }
 
