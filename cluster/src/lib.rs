@@ -1,8 +1,9 @@
-//! ferromq's cluster layer.
-//!
-//! This crate will hold the openraft type configuration, the sled-backed Raft log and
-//! state machine, the tonic Raft service and network, and the peer data plane that
-//! forwards PUBLISHes between nodes (see `docs/ARCHITECTURE.md`, "Cluster"). It is
-//! deliberately empty until the cluster issue lands: the single-node broker does not
-//! depend on it, so the single-node path carries no cluster cost.
+//! ferromq's cluster layer: the openraft state plane (routes, shared-subscription
+//! groups, retained messages, the persistent-session registry, membership) and the
+//! gRPC data plane that forwards PUBLISHes between nodes. See `docs/ARCHITECTURE.md`,
+//! "Cluster", and the seam in [`local`]. openraft types never leave this crate.
 #![forbid(unsafe_code)]
+
+pub mod local;
+
+pub use local::{Forward, LocalNode, NodeId};
