@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use toml_edit::Value;
 
-use crate::model::{Config, Durability, LogFormat};
+use crate::model::{Bootstrap, Config, Durability, LogFormat};
 
 /// A value as it arrived, before it is parsed into a field's type.
 #[derive(Clone, Copy)]
@@ -245,6 +245,21 @@ impl FieldType for Durability {
     }
 }
 
+impl FieldType for Bootstrap {
+    const EXPECTED: &'static str = "`auto`, `always` or `never`";
+    fn parse(raw: Raw<'_>) -> Option<Self> {
+        match raw.string()?.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Bootstrap::Auto),
+            "always" => Some(Bootstrap::Always),
+            "never" => Some(Bootstrap::Never),
+            _ => None,
+        }
+    }
+    fn render(&self) -> String {
+        toml_string(self.as_str())
+    }
+}
+
 /// Durations are whole seconds (`10`) or a string of number-unit pairs with units
 /// `ms`, `s`, `m`, `h` (`"10s"`, `"500ms"`, `"1m30s"`); the first is what Mosquitto
 /// uses, the second is what people write.
@@ -356,7 +371,7 @@ impl KeySpec {
 }
 
 /// The TOML sections holding scalar keys, in rendering order, with their docs.
-pub(crate) const SECTIONS: [(&str, &str); 7] = [
+pub(crate) const SECTIONS: [(&str, &str); 8] = [
     (
         "mqtt",
         "Protocol limits and behaviour, shared by every listener.",
@@ -378,6 +393,12 @@ pub(crate) const SECTIONS: [(&str, &str); 7] = [
          persistence is enabled.",
     ),
     ("sys", "$SYS statistics topics."),
+    (
+        "cluster",
+        "Clustering: nodes share routes, shared-subscription groups, retained messages\n\
+         and the persistent-session registry through Raft (openraft over gRPC) and\n\
+         forward messages to each other over gRPC streams.",
+    ),
     ("log", "Logging."),
     (
         "http",
@@ -535,6 +556,35 @@ pub(crate) static KEYS: &[KeySpec] = &[
         "Bearer token for the admin API from non-loopback peers; empty for none."),
     key!("http", "trust_loopback", http.trust_loopback: bool, None,
         "Let loopback peers use the admin API without the token."),
+    key!("cluster", "enabled", cluster.enabled: bool, None,
+        "Run as a cluster node (needs persistence: the Raft log lives in the data\n\
+         directory). Off: a single node opens no cluster port."),
+    key!("cluster", "listen", cluster.listen: SocketAddr, None,
+        "gRPC address of the cluster port (Raft and message forwarding)."),
+    key!("cluster", "advertise", cluster.advertise: String, None,
+        "host:port other nodes dial to reach this one (e.g. the pod's DNS name);\n\
+         empty: the bound address."),
+    key!("cluster", "seeds", cluster.seeds: String, None,
+        "Comma-separated host:port list of members to join through (DNS names allowed)."),
+    key!("cluster", "bootstrap", cluster.bootstrap: Bootstrap, None,
+        "How a node with an empty Raft store enters a cluster: `auto` joins through a\n\
+         seed that answers, else starts a new cluster; `always` starts a new cluster;\n\
+         `never` waits for a seed. A node with Raft state on disk just restarts."),
+    key!("cluster", "voters", cluster.voters: usize, None,
+        "Voting members wanted; further nodes are learners that serve clients and\n\
+         receive all state (horizontal scale without growing the quorum)."),
+    key!("cluster", "leader_lost_timeout", cluster.leader_lost_timeout: Duration, None,
+        "/readyz reports not-ready after this long without a known Raft leader."),
+    key!("cluster", "ca_file", cluster.ca_file: Option<PathBuf>, None,
+        "PEM CA of the cluster port's mutual TLS (with cert_file and key_file); nodes\n\
+         without a certificate from it can neither join nor forward. Empty: plain gRPC."),
+    key!("cluster", "cert_file", cluster.cert_file: Option<PathBuf>, None,
+        "PEM certificate chain this node presents on the cluster port."),
+    key!("cluster", "key_file", cluster.key_file: Option<PathBuf>, None,
+        "PEM private key of cluster.cert_file."),
+    key!("cluster", "forward_queue", cluster.forward_queue: usize, None,
+        "Messages queued per peer for forwarding. Overflow: QoS 0 is dropped and\n\
+         counted; QoS 1/2 is refused to the publisher (v5 0x97), never lost silently."),
 ];
 
 /// The scalar key `section.name`, if there is one.

@@ -48,9 +48,10 @@ pub use env::{LISTEN_VAR, NOT_BROKER_CONFIG};
 pub use error::{ConfigError, ConfigErrors, Location, UnsupportedFeature};
 pub use load::{CliOverrides, FileFormat, load, load_from_process_env, load_str};
 pub use model::{
-    AuthConfig, Config, DEFAULT_PORT, DEFAULT_WS_PATH, Durability, HttpConfig, LimitsConfig,
-    ListenerConfig, ListenerProtocol, LogConfig, LogFormat, MAX_PACKET_SIZE_LIMIT, MqttConfig,
-    ParseLogFormatError, PersistenceConfig, SysConfig, TlsSettings, TlsVersion,
+    AuthConfig, Bootstrap, ClusterConfig, Config, DEFAULT_PORT, DEFAULT_WS_PATH, Durability,
+    HttpConfig, LimitsConfig, ListenerConfig, ListenerProtocol, LogConfig, LogFormat,
+    MAX_PACKET_SIZE_LIMIT, MqttConfig, ParseLogFormatError, PersistenceConfig, SysConfig,
+    TlsSettings, TlsVersion,
 };
 
 /// The default configuration as a commented TOML file: the content of the shipped

@@ -36,6 +36,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Resource limits against misbehaving or hostile clients.
     pub limits: LimitsConfig,
+    /// Clustering (Raft state plane and gRPC data plane). Off by default.
+    pub cluster: ClusterConfig,
     /// Diagnostics from loading that are not errors, such as mosquitto.conf directives
     /// that are accepted but have no effect. `main` logs each one as a warning at
     /// startup. Not configuration: never rendered, never read from a file.
@@ -56,6 +58,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            cluster: ClusterConfig::default(),
             notes: Vec::new(),
         }
     }
@@ -519,6 +522,93 @@ impl FromStr for LogFormat {
             Ok(Self::Json)
         } else {
             Err(ParseLogFormatError(s.to_owned()))
+        }
+    }
+}
+
+/// How a node with an empty Raft store enters a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bootstrap {
+    /// Join through a seed that answers; with no seeds, or none answering, start a
+    /// new single-node cluster. A node that already holds Raft state just restarts.
+    #[default]
+    Auto,
+    /// Always start a new cluster when the store is empty (the first node).
+    Always,
+    /// Never start a new cluster: wait until a seed answers and join through it.
+    Never,
+}
+
+impl Bootstrap {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bootstrap::Auto => "auto",
+            Bootstrap::Always => "always",
+            Bootstrap::Never => "never",
+        }
+    }
+}
+
+/// Clustering: several nodes share routes, shared-subscription groups, retained
+/// messages and the persistent-session registry through Raft, and forward messages
+/// to each other over gRPC (docs/ARCHITECTURE.md, "Cluster").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Run as a cluster node. Default `false`: a single node opens no cluster port.
+    pub enabled: bool,
+    /// gRPC address of the cluster port (Raft and forwarding). Default `0.0.0.0:7946`.
+    pub listen: SocketAddr,
+    /// `host:port` other nodes dial to reach this one (a DNS name on Kubernetes).
+    /// Empty: the bound address.
+    pub advertise: String,
+    /// Comma-separated `host:port` list of members to join through (DNS names allowed).
+    pub seeds: String,
+    /// How a node with an empty Raft store enters a cluster.
+    pub bootstrap: Bootstrap,
+    /// Voting members wanted; further nodes are learners that still serve clients and
+    /// receive all state. Default 3.
+    pub voters: usize,
+    /// `/readyz` turns not-ready after this long without a known leader. Default 10 s.
+    pub leader_lost_timeout: Duration,
+    /// PEM CA for the cluster port's mutual TLS; with `cert_file` and `key_file` set,
+    /// nodes without a certificate from this CA can neither join nor forward.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain this node presents on the cluster port.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Messages queued per peer on the data plane. Overflow: QoS 0 dropped and
+    /// counted; QoS 1/2 refused back to the publisher (v5 0x97) rather than lost.
+    pub forward_queue: usize,
+}
+
+impl ClusterConfig {
+    /// The seeds as a list, blanks dropped.
+    pub fn seed_list(&self) -> Vec<String> {
+        self.seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946),
+            advertise: String::new(),
+            seeds: String::new(),
+            bootstrap: Bootstrap::Auto,
+            voters: 3,
+            leader_lost_timeout: Duration::from_secs(10),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            forward_queue: 65_536,
         }
     }
 }

@@ -164,6 +164,19 @@ connection_rate_per_ip = 10
 enabled = false
 path = "/var/lib/ferromq"
 
+[cluster]
+enabled = false
+listen = "127.0.0.1:17946"
+advertise = "ferromq-0.ferromq-headless:7946"
+seeds = "ferromq-0.ferromq-headless:7946, ferromq-1.ferromq-headless:7946"
+bootstrap = "never"
+voters = 5
+leader_lost_timeout = "15s"
+ca_file = "/etc/ferromq/cluster/ca.pem"
+cert_file = "/etc/ferromq/cluster/tls.crt"
+key_file = "/etc/ferromq/cluster/tls.key"
+forward_queue = 1000
+
 [sys]
 interval = 0
 
@@ -273,7 +286,38 @@ fn full_config() -> Config {
             token: Some("t0ken".into()),
             trust_loopback: false,
         },
+        cluster: ClusterConfig {
+            enabled: false,
+            listen: addr("127.0.0.1:17946"),
+            advertise: "ferromq-0.ferromq-headless:7946".into(),
+            seeds: "ferromq-0.ferromq-headless:7946, ferromq-1.ferromq-headless:7946".into(),
+            bootstrap: Bootstrap::Never,
+            voters: 5,
+            leader_lost_timeout: Duration::from_secs(15),
+            ca_file: Some("/etc/ferromq/cluster/ca.pem".into()),
+            cert_file: Some("/etc/ferromq/cluster/tls.crt".into()),
+            key_file: Some("/etc/ferromq/cluster/tls.key".into()),
+            forward_queue: 1000,
+        },
         notes: vec![],
+    }
+}
+
+#[test]
+fn cluster_rules_are_checked_together() {
+    let errors = errors(toml(
+        "[cluster]\nenabled = true\nvoters = 0\nseeds = \"nohost\"\ncert_file = \"/x.pem\"\n\n[persistence]\nenabled = false\n",
+    ));
+    for key in [
+        "cluster.enabled",
+        "cluster.voters",
+        "cluster.seeds",
+        "cluster.ca_file",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(key)),
+            "{key} missing from: {errors:?}"
+        );
     }
 }
 

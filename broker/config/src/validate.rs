@@ -131,6 +131,48 @@ pub(crate) fn check(
         config.persistence.queue_memory_window >= 1,
         "must be at least 1: the connection sends from the in-memory part of a queue",
     );
+    let c = &config.cluster;
+    v.rule(
+        "cluster.enabled",
+        !c.enabled || config.persistence.enabled,
+        "needs persistence.enabled = true: the Raft log and state live in the data directory",
+    );
+    v.rule(
+        "cluster.voters",
+        (1..=9).contains(&c.voters),
+        "must be from 1 to 9 (3 or 5 in practice): more voters make every commit slower",
+    );
+    v.rule(
+        "cluster.forward_queue",
+        c.forward_queue >= 1,
+        "must be at least 1: every peer's forward queue is bounded",
+    );
+    let tls_set = [&c.ca_file, &c.cert_file, &c.key_file]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    v.rule(
+        "cluster.ca_file",
+        tls_set == 0 || tls_set == 3,
+        "cluster.ca_file, cluster.cert_file and cluster.key_file go together: set all three \
+         for mutual TLS on the cluster port, or none",
+    );
+    v.rule(
+        "cluster.advertise",
+        c.advertise.is_empty()
+            || c.advertise
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+        "must be host:port (e.g. ferromq-0.ferromq-headless:7946) or empty",
+    );
+    v.rule(
+        "cluster.seeds",
+        c.seed_list().iter().all(|s| {
+            s.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        }),
+        "must be a comma-separated list of host:port",
+    );
     v.rule(
         "log.level",
         log_level_ok(&config.log.level),
