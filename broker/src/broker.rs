@@ -49,15 +49,34 @@ pub struct PendingWill {
     pub delay: u32,
 }
 
+/// Something the publisher's acknowledgement waits for besides the local store: a
+/// peer node's acknowledgement of a forwarded QoS 1/2 message, or the Raft commit of
+/// a retained message. `Err` carries the reason code a v5 publisher gets.
+pub type Confirm = futures::future::BoxFuture<'static, Result<(), ReasonCode>>;
+
 /// What routing a message did, for the publisher's acknowledgement.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Default)]
 pub struct PublishOutcome {
-    /// Sessions the message was queued for.
+    /// Sessions the message was queued for (a peer node with matching routes counts
+    /// as one).
     pub matched: usize,
     /// The store generation the acknowledgement must wait for (strict durability).
     pub generation: Option<u64>,
     /// A store write failed: the acknowledgement reports an error (v5 0x97).
     pub store_failed: bool,
+    /// Cluster confirmations the acknowledgement waits for (empty on a single node).
+    pub confirms: Vec<Confirm>,
+}
+
+impl std::fmt::Debug for PublishOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishOutcome")
+            .field("matched", &self.matched)
+            .field("generation", &self.generation)
+            .field("store_failed", &self.store_failed)
+            .field("confirms", &self.confirms.len())
+            .finish()
+    }
 }
 
 /// What [`Broker::open_session`] hands back to the connection.
@@ -85,6 +104,10 @@ struct Shared {
     gate: ConnectionGate,
     /// Uptime second of the last "retained budget reached" log line (one per second).
     retained_budget_logged: AtomicU64,
+    /// The cluster layer, set once at start when `cluster.enabled` (see
+    /// [`crate::cluster_link`]); empty on a single node, whose paths then skip every
+    /// cluster step at the cost of one check.
+    cluster: std::sync::OnceLock<ferromq_cluster::Cluster>,
 }
 
 /// Why a retained message was not applied.
@@ -155,8 +178,19 @@ impl Broker {
                 security,
                 gate,
                 retained_budget_logged: AtomicU64::new(u64::MAX),
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The cluster layer, when this broker is a cluster node.
+    pub fn cluster(&self) -> Option<&ferromq_cluster::Cluster> {
+        self.shared.cluster.get()
+    }
+
+    /// Attaches the cluster layer (once, at start, before any listener accepts).
+    pub fn set_cluster(&self, cluster: ferromq_cluster::Cluster) {
+        let _ = self.shared.cluster.set(cluster);
     }
 
     /// The durable store, when persistence is enabled.
@@ -487,6 +521,9 @@ impl Broker {
             }
         }
         tracing::debug!(client_id = %session.client_id, "session expired");
+        if let Some(cluster) = self.cluster() {
+            cluster.session_release(&session.client_id);
+        }
         self.remove_subscriptions(session);
         self.delete_stored(session);
     }
@@ -511,9 +548,17 @@ impl Broker {
             return;
         }
         let mut router = self.shared.router.write();
+        let mut removed = Vec::new();
         for filter in &subs {
             let (group, f) = split_shared(filter);
-            router.unsubscribe(f, group, session.id);
+            if router.unsubscribe(f, group, session.id) {
+                removed.push(filter);
+            }
+        }
+        drop(router);
+        for filter in removed {
+            let (group, f) = split_shared(filter);
+            self.announce_route(group, f, false);
         }
     }
 
@@ -525,7 +570,11 @@ impl Broker {
         let mut outcome = PublishOutcome::default();
         if message.retain {
             match self.retain(&message) {
-                Ok(g) => outcome.generation = g,
+                Ok(g) => {
+                    outcome.generation = g;
+                    // Nobody waits for the commit of the broker's own messages.
+                    drop(crate::cluster_link::commit_retained(self, &message));
+                }
                 Err(RetainError::OverBudget) => {
                     tracing::debug!(topic = %message.topic, "retained budget reached: message routed but not retained");
                 }
@@ -544,7 +593,12 @@ impl Broker {
         let mut outcome = PublishOutcome::default();
         if message.retain {
             match self.retain(&message) {
-                Ok(g) => outcome.generation = g,
+                Ok(g) => {
+                    outcome.generation = g;
+                    if let Some(confirm) = crate::cluster_link::commit_retained(self, &message) {
+                        outcome.confirms.push(confirm);
+                    }
+                }
                 Err(RetainError::OverBudget) => return Err(PublishRefused::RetainedBudget),
                 Err(RetainError::Store) => {
                     outcome.store_failed = true;
@@ -561,6 +615,18 @@ impl Broker {
     fn retain(&self, message: &Arc<Message>) -> Result<Option<u64>, RetainError> {
         let max = self.config().limits.retained_max_bytes;
         let result = match &self.shared.store {
+            // A cluster node never writes a retained message itself: the Raft state
+            // machine applies it on every node (`apply_retained`); here only the budget
+            // is checked. The commit is awaited through `PublishOutcome::confirms`.
+            Some(store) if self.cluster().is_some() && !message.topic.starts_with('$') => {
+                let fits = message.payload.is_empty()
+                    || store.retained_bytes().saturating_add(message.weight()) <= max;
+                if fits {
+                    Ok(None)
+                } else {
+                    Err(RetainError::OverBudget)
+                }
+            }
             Some(store) => match store.put_retained_within(message, max) {
                 Ok(Ok(g)) => Ok(Some(g)),
                 Ok(Err(OverBudget)) => Err(RetainError::OverBudget),
@@ -598,10 +664,45 @@ impl Broker {
         result
     }
 
-    /// Queues `message` for every matching session allowed to read it.
+    /// Queues `message` for every matching session allowed to read it, and on a
+    /// cluster node forwards it once to each other node with matching routes.
     fn route(&self, message: Arc<Message>, mut outcome: PublishOutcome) -> PublishOutcome {
         let mut deliveries = crate::fanout::take_buffer();
-        self.shared.router.read().route(&message, &mut deliveries);
+        let cluster = self.cluster();
+        // Shared groups with a local member take the message here (a local member
+        // is preferred); the cluster layer sends the others' messages to one node.
+        let mut local_groups: Vec<(ByteString, ByteString)> = Vec::new();
+        {
+            let router = self.shared.router.read();
+            match cluster {
+                None => router.route(&message, &mut deliveries),
+                Some(_) => router.route_noting_groups(&message, &mut deliveries, &mut local_groups),
+            }
+        }
+        let local = self.enqueue(&message, deliveries);
+        outcome.matched = local.matched;
+        outcome.store_failed |= local.store_failed;
+        if let Some(g) = local.generation {
+            outcome.generation = Some(g.max(outcome.generation.unwrap_or(0)));
+        }
+        if let Some(cluster) = cluster {
+            crate::cluster_link::forward(cluster, &message, &local_groups, &mut outcome);
+        }
+        // `$SYS` statistics nobody subscribed to are not a lost message.
+        if outcome.matched == 0 && !message.topic.starts_with("$SYS/") {
+            Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
+        }
+        outcome
+    }
+
+    /// Puts computed deliveries into their sessions' queues (after the read ACL),
+    /// counting what was dropped and why.
+    fn enqueue(
+        &self,
+        message: &Arc<Message>,
+        mut deliveries: Vec<(Arc<Session>, Delivery)>,
+    ) -> PublishOutcome {
+        let mut outcome = PublishOutcome::default();
         // Read ACL (Mosquitto checks it per delivery, so wildcard subscriptions only
         // get what the client may read). Nothing to do, and no lock, without an ACL.
         if let Some(acl) = self.shared.security.acl() {
@@ -613,10 +714,6 @@ impl Broker {
             }
         }
         outcome.matched = deliveries.len();
-        // `$SYS` statistics nobody subscribed to are not a lost message.
-        if outcome.matched == 0 && !message.topic.starts_with("$SYS/") {
-            Stats::add(&self.shared.stats.publish_dropped_no_subscribers, 1);
-        }
         for (session, delivery) in deliveries.drain(..) {
             match session.deliver(delivery) {
                 Ok(Some(g)) => outcome.generation = Some(g.max(outcome.generation.unwrap_or(0))),
@@ -642,6 +739,28 @@ impl Broker {
         outcome
     }
 
+    /// Delivers a message another node forwarded: to local sessions only, never
+    /// forwarded again and never applied to the retained store (the origin committed
+    /// that through Raft). `shared`: only to one local member of that group. Returns
+    /// the store generation that makes the deliveries durable.
+    pub fn deliver_forwarded(
+        &self,
+        message: Arc<Message>,
+        shared: Option<(&str, &str)>,
+    ) -> Option<u64> {
+        let mut deliveries = crate::fanout::take_buffer();
+        {
+            let router = self.shared.router.read();
+            match shared {
+                None => router.route_direct(&message, &mut deliveries),
+                Some((group, filter)) => {
+                    router.route_group(&message, group, filter, &mut deliveries)
+                }
+            }
+        }
+        self.enqueue(&message, deliveries).generation
+    }
+
     /// Adds or replaces a subscription of `session`. Returns whether it existed before
     /// (for Retain Handling 1) [MQTT-3.8.4-3].
     pub fn subscribe(
@@ -663,7 +782,7 @@ impl Broker {
             );
             session.save_record(&inner, None);
         }
-        self.shared.router.write().subscribe(
+        let existed = self.shared.router.write().subscribe(
             f,
             group,
             Subscriber {
@@ -671,7 +790,26 @@ impl Broker {
                 options,
                 identifier,
             },
-        )
+        );
+        if !existed {
+            self.announce_route(group, f, true);
+        }
+        existed
+    }
+
+    /// Tells the cluster (if any) that a session's subscription to `filter` came or
+    /// went; the cluster counts them per filter and replicates only the first and
+    /// the last.
+    fn announce_route(&self, group: Option<&str>, filter: &str, added: bool) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        match (group, added) {
+            (None, true) => cluster.route_add(filter),
+            (None, false) => cluster.route_remove(filter),
+            (Some(g), true) => cluster.shared_add(g, filter),
+            (Some(g), false) => cluster.shared_remove(g, filter),
+        }
     }
 
     /// Removes a subscription; false if the session had none for `filter`.
@@ -686,6 +824,9 @@ impl Broker {
         };
         let (group, f) = split_shared(filter);
         let removed = self.shared.router.write().unsubscribe(f, group, session.id);
+        if removed {
+            self.announce_route(group, f, false);
+        }
         had || removed
     }
 
@@ -810,7 +951,7 @@ impl Broker {
                     },
                 );
                 let (group, f) = split_shared(&filter);
-                router.subscribe(
+                let existed = router.subscribe(
                     f,
                     group,
                     Subscriber {
@@ -819,6 +960,9 @@ impl Broker {
                         identifier: row.identifier,
                     },
                 );
+                if !existed {
+                    self.announce_route(group, f, true);
+                }
             }
             drop(router);
             self.shared
@@ -835,6 +979,146 @@ impl Broker {
             expired_messages = loaded.expired_messages,
             "state restored from the store"
         );
+    }
+
+    // ---- cluster node ---------------------------------------------------------
+
+    /// Announces every subscription restored before the cluster layer was attached,
+    /// then lets the cluster drop this node's replicated routes nobody holds any more.
+    pub fn announce_all_routes(&self) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            let filters: Vec<ByteString> = session.lock().subscriptions.keys().cloned().collect();
+            for filter in filters {
+                let (group, f) = split_shared(&filter);
+                self.announce_route(group, f, true);
+            }
+        }
+        cluster.routes_reconcile();
+    }
+
+    /// A retained change applied by the Raft state machine: written to this node's
+    /// store whatever the budget (every node must hold the same set; the budget was
+    /// checked where the PUBLISH arrived).
+    pub fn apply_retained(&self, topic: &str, message: Option<&bytes::Bytes>) {
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        let result = match message.and_then(|b| crate::store::codec::decode(b)) {
+            Some(stored) => store
+                .put_retained_within(&stored.into_message(), usize::MAX)
+                .map(|_| ()),
+            None => store.remove_retained(topic).map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::error!(topic, error = %e, "cannot apply a replicated retained message to the store");
+        }
+    }
+
+    /// Installs a session handed over by another node (its store records), in place
+    /// of any copy this node had.
+    pub fn import_session(&self, client_id: &ByteString, blob: &[u8]) {
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        self.drop_local_session(client_id);
+        match store.import_session(client_id, blob) {
+            Ok(Some(loaded)) => self.restore(Loaded {
+                sessions: vec![loaded],
+                ..Loaded::default()
+            }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(client_id = %client_id, error = %e, "session handed over by another node is unusable: starting empty");
+            }
+        }
+    }
+
+    /// Another node takes `client_id` over: closes the connection here (v5 0x8E),
+    /// exports the session's store records and removes the session from this node
+    /// (no will: the session lives on elsewhere, its pending will with it).
+    pub async fn hand_over_session(
+        &self,
+        client_id: &ByteString,
+        wait: Duration,
+    ) -> Option<bytes::Bytes> {
+        let existing = self.shared.sessions.lock().get(client_id).cloned()?;
+        let link = existing.lock().link.clone();
+        if let Some(link) = link {
+            link.kick(ReasonCode::SESSION_TAKEN_OVER);
+            let _ = tokio::time::timeout(wait, link.detached.cancelled()).await;
+        }
+        let blob = self
+            .shared
+            .store
+            .as_ref()
+            .and_then(|store| match store.export_session(client_id) {
+                Ok(blob) => blob,
+                Err(e) => {
+                    tracing::warn!(client_id = %client_id, error = %e, "cannot export the session for handover");
+                    None
+                }
+            });
+        self.drop_local_session(client_id);
+        blob.map(bytes::Bytes::from)
+    }
+
+    /// Ends this node's copy of a session without its will and without a trace on
+    /// disk (it moved to another node, or a clean start elsewhere replaced it).
+    fn drop_local_session(&self, client_id: &ByteString) {
+        let removed = {
+            let mut registry = self.shared.sessions.lock();
+            let Some(session) = registry.get(client_id).cloned() else {
+                return;
+            };
+            let mut inner = session.lock();
+            if let Some(link) = &inner.link {
+                link.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
+            inner.link = None;
+            inner.ended = true;
+            inner.pending_will = None;
+            if let Some(timer) = inner.offline_timer.take() {
+                timer.cancel();
+            }
+            drop(inner);
+            registry.remove(client_id);
+            session
+        };
+        self.remove_subscriptions(&removed);
+        self.delete_stored(&removed);
+    }
+
+    /// A clean-session CONNECT of `client_id` on node `from` at `connected_at_ms`:
+    /// an older connection of that id here is closed (0x8E), and an offline session
+    /// here ends (the client started clean elsewhere).
+    pub fn end_older_connection(&self, from: u64, client_id: &str, connected_at_ms: u64) {
+        let id = ByteString::from(client_id);
+        let Some(session) = self.shared.sessions.lock().get(&id).cloned() else {
+            return;
+        };
+        let link = session.lock().link.clone();
+        match link {
+            Some(link) => {
+                let since = link
+                    .info
+                    .get()
+                    .map(|i| crate::store::codec::system_time_to_unix_ms(i.connected_at))
+                    .unwrap_or(0);
+                if since <= connected_at_ms {
+                    tracing::info!(
+                        client_id,
+                        node = from,
+                        "client id connected on another node: closing the older connection here"
+                    );
+                    link.kick(ReasonCode::SESSION_TAKEN_OVER);
+                }
+            }
+            None => self.drop_local_session(&id),
+        }
     }
 
     /// Kicks every connection (shutdown): v5 clients get DISCONNECT with `reason`.

@@ -78,6 +78,21 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: RetainedAction,
     },
+    /// Cluster membership: status, leave, remove a node.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// This node's view: id, role, leader, term, commit/applied index, members.
+    Status,
+    /// Ask the leader to remove this node from the cluster.
+    Leave,
+    /// Remove another node (by id) from the cluster.
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +424,16 @@ pub fn execute(
             )?,
             show_subscriptions,
         ),
+        CtlCommand::Cluster { action } => match action {
+            ClusterAction::Status => (call(url, "GET", "/api/v1/cluster", token)?, show_cluster),
+            ClusterAction::Leave => (call(url, "POST", "/api/v1/cluster/leave", token)?, |v| {
+                format!("node {} left the cluster\n", v["node_id"])
+            }),
+            ClusterAction::Remove { id } => (
+                call(url, "DELETE", &format!("/api/v1/cluster/nodes/{id}"), token)?,
+                |v| format!("node {} removed from the cluster\n", v["node_id"]),
+            ),
+        },
         CtlCommand::Retained { action } => match action {
             RetainedAction::Get { topic } => (
                 call(
@@ -718,6 +743,38 @@ fn show_retained_list(v: &Value) -> String {
         o.push_str("(truncated; use --limit)\n");
     }
     o
+}
+
+/// `ctl cluster status`: one line for the node, one per member.
+fn show_cluster(v: &Value) -> String {
+    let mut out = format!(
+        "node {}  role {}  leader {}  term {}  commit {}  applied {}\n",
+        v["node_id"],
+        str_of(v, "role"),
+        v["leader"],
+        v["term"],
+        v["commit"],
+        v["applied"],
+    );
+    if let Some(members) = v["members"].as_array() {
+        let _ = writeln!(
+            out,
+            "{:<22} {:<8} {:<10} {:<24} {:<24}",
+            "NODE", "ROLE", "REACHABLE", "CLUSTER ADDR", "MQTT ADDR"
+        );
+        for m in members {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<8} {:<10} {:<24} {:<24}",
+                m["id"].to_string(),
+                str_of(m, "role"),
+                m["reachable"].to_string(),
+                str_of(m, "addr"),
+                str_of(m, "mqtt_addr"),
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]

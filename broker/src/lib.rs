@@ -35,6 +35,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster_link;
 pub mod connection;
 pub mod ctl;
 pub mod fanout;

@@ -174,6 +174,11 @@ impl Metrics {
     ///
     /// # Errors
     /// Only if two families had the same name, a programming error.
+    /// Adds the cluster layer's families (Raft, forwarding) to the registry.
+    pub fn register_cluster(&self, cluster: &ferromq_cluster::Cluster) {
+        cluster.register_metrics(&self.registry);
+    }
+
     pub fn new(listeners: Vec<String>) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(

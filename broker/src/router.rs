@@ -41,6 +41,9 @@ pub struct Subscriber {
 /// [MQTT-4.8.2-3], in turn, preferring members that are connected.
 #[derive(Debug, Default)]
 pub struct SharedGroup {
+    /// The filter after `$share/{group}/`, so a cluster node can name the group it
+    /// delivered to locally.
+    filter: ByteString,
     members: Vec<Subscriber>,
     cursor: AtomicUsize,
 }
@@ -94,7 +97,10 @@ impl Router {
                 let key = SubKey::Shared(ByteString::from(group));
                 let mut entry = match self.trie.remove(filter, &key) {
                     Some(SubEntry::Shared(g)) => g,
-                    _ => SharedGroup::default(),
+                    _ => SharedGroup {
+                        filter: ByteString::from(filter),
+                        ..SharedGroup::default()
+                    },
                 };
                 let existed = match entry
                     .members
@@ -171,30 +177,95 @@ impl Router {
     /// caller reuses it) and the `Arc` clones; a Subscription Identifier list is only
     /// allocated when the subscription has one.
     pub fn route(&self, message: &Arc<Message>, out: &mut Vec<(Arc<Session>, Delivery)>) {
+        self.route_matching(message, out, |_, _| true);
+    }
+
+    /// As [`Router::route`], also naming every shared group (`group`, `filter`) that
+    /// took the message here, so the cluster does not send it to another node's
+    /// member too.
+    pub fn route_noting_groups(
+        &self,
+        message: &Arc<Message>,
+        out: &mut Vec<(Arc<Session>, Delivery)>,
+        groups: &mut Vec<(ByteString, ByteString)>,
+    ) {
+        self.route_matching(message, out, |key, group| {
+            if let SubKey::Shared(name) = key {
+                groups.push((name.clone(), group.filter.clone()));
+            }
+            true
+        });
+    }
+
+    /// A message forwarded by another node: to the non-shared subscribers only (the
+    /// sender chose one node per shared group and says so with [`Router::route_group`]).
+    pub fn route_direct(&self, message: &Arc<Message>, out: &mut Vec<(Arc<Session>, Delivery)>) {
+        self.route_matching(message, out, |key, _| matches!(key, SubKey::Session(_)));
+    }
+
+    /// A message forwarded by another node for one shared group: one local member.
+    pub fn route_group(
+        &self,
+        message: &Arc<Message>,
+        group: &str,
+        filter: &str,
+        out: &mut Vec<(Arc<Session>, Delivery)>,
+    ) {
+        let key = SubKey::Shared(ByteString::from(group));
+        if let Some(SubEntry::Shared(g)) = self.trie.get(filter, &key)
+            && let Some(sub) = g.pick()
+        {
+            out.push((sub.session.clone(), Self::delivery(message, sub)));
+        }
+    }
+
+    fn delivery(message: &Arc<Message>, sub: &Subscriber) -> Delivery {
+        Delivery {
+            message: message.clone(),
+            qos: message.qos.min(sub.options.qos),
+            retain: sub.options.retain_as_published && message.retain,
+            subscription_ids: sub.identifier.into_iter().collect(),
+        }
+    }
+
+    /// Matching entries for which `take(key, group)` holds (it is asked only for
+    /// shared groups with a member to pick, and for direct entries with a dummy
+    /// group), merged per session.
+    fn route_matching(
+        &self,
+        message: &Arc<Message>,
+        out: &mut Vec<(Arc<Session>, Delivery)>,
+        mut take: impl FnMut(&SubKey, &SharedGroup) -> bool,
+    ) {
+        static NO_GROUP: SharedGroup = SharedGroup {
+            filter: ByteString::from_static(""),
+            members: Vec::new(),
+            cursor: AtomicUsize::new(0),
+        };
         let start = out.len();
-        self.trie.for_each_match(&message.topic, |_, entry| {
+        self.trie.for_each_match(&message.topic, |key, entry| {
             let sub = match entry {
                 SubEntry::Direct(sub) => {
                     // No Local: not to the publisher's own session [MQTT-3.8.3-3].
                     if sub.options.no_local && message.origin == Some(sub.session.id) {
                         return;
                     }
+                    if !take(key, &NO_GROUP) {
+                        return;
+                    }
                     sub
                 }
-                SubEntry::Shared(group) => match group.pick() {
-                    Some(sub) => sub,
-                    None => return,
-                },
+                SubEntry::Shared(group) => {
+                    if group.members.is_empty() || !take(key, group) {
+                        return;
+                    }
+                    match group.pick() {
+                        Some(sub) => sub,
+                        None => return,
+                    }
+                }
             };
-            out.push((
-                sub.session.clone(),
-                Delivery {
-                    message: message.clone(),
-                    qos: message.qos.min(sub.options.qos),
-                    retain: sub.options.retain_as_published && message.retain,
-                    subscription_ids: sub.identifier.into_iter().collect(),
-                },
-            ));
+            out.push((sub.session.clone(), Self::delivery(message, sub)));
         });
         if out.len() - start < 2 {
             return;

@@ -56,6 +56,9 @@ pub enum ServerError {
     /// The password or ACL file cannot be used: a configuration error (exit 78).
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityError),
+    /// The cluster layer could not start (its port, its certificates, its store).
+    #[error("cannot start the cluster layer: {0}")]
+    Cluster(ferromq_cluster::ClusterError),
 }
 
 impl ServerError {
@@ -64,6 +67,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Tls(_) | ServerError::Security(_) => 78,
+            ServerError::Cluster(ferromq_cluster::ClusterError::Config(_)) => 78,
             ServerError::Store(_) => 74,
             _ => 1,
         }
@@ -87,6 +91,8 @@ pub struct Server {
     http: Option<TcpListener>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    /// The cluster layer, on a cluster node.
+    cluster: Option<ferromq_cluster::Cluster>,
 }
 
 fn protocol_name(p: &ListenerProtocol) -> &'static str {
@@ -168,14 +174,82 @@ impl Server {
         let metrics = Arc::new(Metrics::new(
             config.listeners.iter().map(|l| l.name.clone()).collect(),
         )?);
-        Ok(Server {
+        let readiness = Arc::new(Readiness::default());
+        let mut server = Server {
             broker,
             listeners,
             tls: contexts.into_iter().flatten().collect(),
             http,
             metrics,
-            readiness: Arc::new(Readiness::default()),
-        })
+            readiness,
+            cluster: None,
+        };
+        if config.cluster.enabled {
+            server.start_cluster().await?;
+        }
+        Ok(server)
+    }
+
+    /// Starts the cluster layer (after the listeners are bound, so the node can tell
+    /// its peers its MQTT and HTTP addresses, and before any client is accepted) and
+    /// announces the routes of the sessions restored from the store.
+    async fn start_cluster(&mut self) -> Result<(), ServerError> {
+        let config = self.broker.config().clone();
+        let c = &config.cluster;
+        let Some(store) = self.broker.store().cloned() else {
+            return Err(ServerError::Cluster(ferromq_cluster::ClusterError::Config(
+                "cluster.enabled needs persistence.enabled".into(),
+            )));
+        };
+        let bound = self.bound();
+        let addr_of = |protocol: &str| {
+            bound
+                .iter()
+                .find(|b| b.protocol == protocol)
+                .map(|b| b.addr.to_string())
+                .unwrap_or_default()
+        };
+        let tls = match (&c.ca_file, &c.cert_file, &c.key_file) {
+            (Some(ca), Some(cert), Some(key)) => Some(ferromq_cluster::ClusterTls {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        };
+        let options = ferromq_cluster::ClusterOptions {
+            listen: c.listen,
+            advertise: (!c.advertise.is_empty()).then(|| c.advertise.clone()),
+            seeds: c.seed_list(),
+            bootstrap: match c.bootstrap {
+                ferromq_config::Bootstrap::Auto => ferromq_cluster::Bootstrap::Auto,
+                ferromq_config::Bootstrap::Always => ferromq_cluster::Bootstrap::Always,
+                ferromq_config::Bootstrap::Never => ferromq_cluster::Bootstrap::Never,
+            },
+            voters: c.voters,
+            db: store.db().clone(),
+            data_dir: config.persistence.path.clone(),
+            tls,
+            meta: ferromq_cluster::NodeMeta {
+                mqtt_addr: addr_of("mqtt"),
+                http_addr: addr_of("http"),
+            },
+            leader_lost_timeout: c.leader_lost_timeout,
+            forward_queue: c.forward_queue,
+        };
+        let node = Arc::new(crate::cluster_link::BrokerNode {
+            broker: self.broker.clone(),
+        });
+        let cluster = ferromq_cluster::Cluster::start(options, node)
+            .await
+            .map_err(ServerError::Cluster)?;
+        tracing::info!(node_id = cluster.node_id(), grpc = %cluster.grpc_addr(), "cluster layer started");
+        self.broker.set_cluster(cluster.clone());
+        self.readiness.set_cluster(cluster.clone());
+        self.metrics.register_cluster(&cluster);
+        self.broker.announce_all_routes();
+        self.cluster = Some(cluster);
+        Ok(())
     }
 
     /// What `/readyz` reports; the store and the cluster layer set their checks here.
@@ -206,6 +280,11 @@ impl Server {
                     protocol: "http",
                     addr: l.local_addr().ok()?,
                 })
+            }))
+            .chain(self.cluster.as_ref().map(|c| BoundListener {
+                name: "cluster".to_owned(),
+                protocol: "grpc",
+                addr: c.grpc_addr(),
             }))
             .collect()
     }
@@ -264,6 +343,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown grace period over with connections still open");
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
         }
         // Last flush after every connection has written its final state.
         flusher_stop.cancel();

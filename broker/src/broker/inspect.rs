@@ -205,6 +205,19 @@ impl Broker {
     /// subscribers: the store applies an empty retained message, exactly as for a
     /// client's empty retained PUBLISH [MQTT-3.3.1-6]. False if there was none.
     pub fn retained_delete(&self, topic: &str) -> bool {
+        if let Some(cluster) = self.cluster()
+            && !topic.starts_with('$')
+        {
+            // Every node holds the retained set: the clear goes through Raft.
+            let existed = self.retained_get(topic).is_some();
+            let (cluster, topic) = (cluster.clone(), topic.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = cluster.retained_set(&topic, None, 0).await {
+                    tracing::warn!(topic, error = %e, "cannot delete a retained message in the cluster");
+                }
+            });
+            return existed;
+        }
         if let Some(store) = &self.shared.store {
             let existed = self.retained_get(topic).is_some();
             if let Err(e) = store.remove_retained(topic) {

@@ -28,7 +28,7 @@ use ferromq_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{Identity, LoginError, Op, Subject};
-use crate::broker::{Broker, PendingWill, PublishRefused};
+use crate::broker::{Broker, Confirm, PendingWill, PublishRefused};
 use crate::limits::PublishThrottle;
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
@@ -36,6 +36,7 @@ use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
 use crate::stats::{DisconnectReason, Stats};
 use crate::store::{Flushed, Store};
 use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
+use futures::FutureExt;
 use handshake::Accepted;
 use std::collections::VecDeque;
 use tokio::sync::watch;
@@ -211,6 +212,23 @@ where
     } = phase;
     let peer = info.peer;
     let listener = info.listener.clone();
+    if let Err(e) = crate::cluster_link::before_open(
+        &broker,
+        &accepted.client_id,
+        accepted.clean_start,
+        accepted.session_expiry,
+    )
+    .await
+    {
+        // No Raft leader reachable: a minority node does not take sessions over.
+        tracing::warn!(client_id = %accepted.client_id, addr = %peer, error = %e, "connection refused: the cluster's session registry is unavailable");
+        let ack = handshake::refusal(
+            connect.protocol,
+            handshake::Refused(ReasonCode::SERVER_UNAVAILABLE),
+        );
+        send_refusal(&mut stream, connect.protocol, ack).await;
+        return;
+    }
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -269,6 +287,7 @@ where
         flushed: broker.store().filter(|s| s.strict()).map(|s| s.flushed()),
         gated: VecDeque::new(),
         retained_cursors: VecDeque::new(),
+        retained_barrier: None,
         accepted,
         cfg,
         identity,
@@ -497,9 +516,12 @@ struct Connection {
     /// Packets that may go out only once the store generation they carry is on disk
     /// (PUBACK/PUBREC of stored messages, PUBREL), in order: once one waits, later
     /// acknowledgements queue behind it [MQTT-4.6.0-2] [MQTT-4.6.0-3].
-    gated: VecDeque<(u64, Packet)>,
+    gated: VecDeque<Gated>,
     /// Retained messages still to send for SUBSCRIBEs (persistence on), in order.
     retained_cursors: VecDeque<crate::retained::RetainedCursor>,
+    /// Cluster node: the read barrier the retained cursors wait for, so a SUBSCRIBE
+    /// sees every retained write acknowledged anywhere before it (read-your-writes).
+    retained_barrier: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Who logged in, for ACL checks.
     identity: Identity,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
@@ -620,6 +642,15 @@ impl Connection {
                 },
                 _ = self.session.wait_for_work() => {}
                 _ = wait_flushed(&mut self.flushed), if !self.gated.is_empty() => {}
+                _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
+                    self.retained_barrier = None;
+                }
+                result = front_confirm(&mut self.gated), if self.gated.front().is_some_and(|g| g.confirm.is_some()) => {
+                    if let Some(front) = self.gated.front_mut() {
+                        front.confirm = None;
+                        front.failure = result.err();
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline), if !paused => return Close::KeepAlive,
             }
         }
@@ -966,7 +997,7 @@ impl Connection {
             // An error PUBREC ends the flow: forget the id.
             self.forget_inbound_qos2(p.packet_id);
         }
-        self.ack_publish(p.qos, p.packet_id, reason, generation);
+        self.ack_publish_confirmed(p.qos, p.packet_id, reason, generation, outcome.confirms);
         Ok(())
     }
 
@@ -990,13 +1021,20 @@ impl Connection {
     /// Sends `packet` once the store generation `generation` is flushed (strict
     /// durability), keeping acknowledgements in order.
     fn send_after(&mut self, generation: Option<u64>, packet: Packet) {
-        let Some(flushed) = &self.flushed else {
-            self.encode(&packet);
-            return;
-        };
-        let done = flushed.borrow().done;
-        let wait = generation.filter(|g| *g > done);
-        if wait.is_none() && self.gated.is_empty() {
+        self.send_confirmed(generation, None, packet);
+    }
+
+    /// As [`Connection::send_after`], also waiting for `confirm` (cluster: peers'
+    /// acknowledgements, a retained message's Raft commit) when there is one.
+    fn send_confirmed(
+        &mut self,
+        generation: Option<u64>,
+        confirm: Option<Confirm>,
+        packet: Packet,
+    ) {
+        let done = self.flushed.as_ref().map(|f| f.borrow().done);
+        let wait = generation.filter(|g| done.is_some_and(|done| *g > done));
+        if wait.is_none() && confirm.is_none() && self.gated.is_empty() {
             self.encode(&packet);
             return;
         }
@@ -1005,32 +1043,50 @@ impl Connection {
         {
             store.request_flush();
         }
-        self.gated.push_back((wait.unwrap_or(0), packet));
+        self.gated.push_back(Gated {
+            generation: wait.unwrap_or(0),
+            confirm,
+            failure: None,
+            packet,
+        });
     }
 
-    /// Moves acknowledgements whose writes are on disk into the write buffer. One
-    /// whose flush failed becomes an error: v5 0x97, 3.1.x a closed connection.
+    /// Moves acknowledgements whose writes are on disk (and whose cluster
+    /// confirmation came) into the write buffer. One whose flush or confirmation
+    /// failed becomes an error: v5 the reason code (0x97 for the disk), 3.1.x a
+    /// closed connection.
     fn release_gated(&mut self) -> Result<(), Close> {
-        let Some(flushed) = &self.flushed else {
-            return Ok(());
+        let state = match &self.flushed {
+            Some(flushed) => *flushed.borrow(),
+            None => Flushed {
+                done: u64::MAX,
+                failed: 0,
+            },
         };
-        let state = *flushed.borrow();
-        while let Some((g, _)) = self.gated.front() {
-            let g = *g;
-            if g > state.done && g > state.failed {
+        while let Some(front) = self.gated.front() {
+            let g = front.generation;
+            if (g > state.done && g > state.failed) || front.confirm.is_some() {
                 break;
             }
-            let Some((_, mut packet)) = self.gated.pop_front() else {
+            let Some(Gated {
+                mut packet,
+                failure,
+                ..
+            }) = self.gated.pop_front()
+            else {
                 break;
             };
-            if g > state.done {
+            let failure = if g > state.done {
+                Some(ReasonCode::QUOTA_EXCEEDED)
+            } else {
+                failure
+            };
+            if let Some(code) = failure {
                 if !self.v5() && !matches!(packet, Packet::PubRel(_)) {
                     return Err(Close::Storage);
                 }
                 match &mut packet {
-                    Packet::PubAck(r) | Packet::PubRec(r) => {
-                        r.reason_code = ReasonCode::QUOTA_EXCEEDED
-                    }
+                    Packet::PubAck(r) | Packet::PubRec(r) => r.reason_code = code,
                     _ => {}
                 }
             }
@@ -1055,15 +1111,36 @@ impl Connection {
         reason: ReasonCode,
         generation: Option<u64>,
     ) {
+        self.ack_publish_confirmed(qos, packet_id, reason, generation, Vec::new());
+    }
+
+    /// As [`Connection::ack_publish`], also after every cluster confirmation.
+    fn ack_publish_confirmed(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        generation: Option<u64>,
+        confirms: Vec<Confirm>,
+    ) {
         let resp = PubResp {
             packet_id,
             reason_code: reason,
             ..Default::default()
         };
+        let confirm = match confirms.len() {
+            0 => None,
+            1 => confirms.into_iter().next(),
+            _ => Some(
+                futures::future::join_all(confirms)
+                    .map(|all| all.into_iter().find_map(Result::err).map_or(Ok(()), Err))
+                    .boxed(),
+            ),
+        };
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_after(generation, Packet::PubAck(resp)),
-            QoS::ExactlyOnce => self.send_after(generation, Packet::PubRec(resp)),
+            QoS::AtLeastOnce => self.send_confirmed(generation, confirm, Packet::PubAck(resp)),
+            QoS::ExactlyOnce => self.send_confirmed(generation, confirm, Packet::PubRec(resp)),
         }
     }
 
@@ -1141,7 +1218,21 @@ impl Connection {
                     .retained_cursor(bare, granted_options.qos, identifier)
                 {
                     // Checked for `read` as the cursor reaches each message.
-                    Some(cursor) => self.retained_cursors.push_back(cursor),
+                    Some(cursor) => {
+                        self.retained_cursors.push_back(cursor);
+                        if let Some(cluster) = self.broker.cluster() {
+                            // A fresh barrier covers the earlier ones too.
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            let cluster = cluster.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = cluster.read_barrier().await {
+                                    tracing::debug!(error = %e, "read barrier failed: retained messages served from this node's state");
+                                }
+                                let _ = tx.send(());
+                            });
+                            self.retained_barrier = Some(rx);
+                        }
+                    }
                     None => {
                         let mut matches =
                             self.broker
@@ -1290,6 +1381,9 @@ impl Connection {
         let Some(store) = self.broker.store().cloned() else {
             return;
         };
+        if self.retained_barrier.is_some() {
+            return;
+        }
         // Each retained message is checked for `read`, like a live delivery.
         let acl = self.broker.security().acl();
         let session = &self.session;
@@ -1505,6 +1599,24 @@ fn describe(close: &Close) -> String {
 }
 
 /// Resolves when the group commit made progress (or never, without a store).
+/// An acknowledgement (or a PUBREL, or a PUBLISH behind one) held until its store
+/// write is durable and, on a cluster node, its confirmation came.
+struct Gated {
+    generation: u64,
+    confirm: Option<Confirm>,
+    /// The confirmation failed with this reason code.
+    failure: Option<ReasonCode>,
+    packet: Packet,
+}
+
+/// The confirmation the oldest held packet waits for.
+async fn front_confirm(gated: &mut VecDeque<Gated>) -> Result<(), ReasonCode> {
+    match gated.front_mut().and_then(|g| g.confirm.as_mut()) {
+        Some(confirm) => confirm.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_flushed(flushed: &mut Option<watch::Receiver<Flushed>>) {
     match flushed {
         Some(rx) => {

@@ -47,6 +47,58 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/clients/{id}/kick", post(kick))
         .route("/subscriptions", get(subscriptions))
         .route("/retained", get(retained_get).delete(retained_delete))
+        .route("/cluster", get(cluster_status))
+        .route("/cluster/leave", post(cluster_leave))
+        .route("/cluster/nodes/{id}", axum::routing::delete(cluster_remove))
+}
+
+fn not_clustered() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this broker is not a cluster node (cluster.enabled = false)",
+    )
+}
+
+/// The node's view of the cluster: id, role, leader, term, indexes, members.
+async fn cluster_status(State(st): St) -> Response {
+    match st.broker.cluster() {
+        Some(c) => Json(serde_json::to_value(c.status()).unwrap_or(Value::Null)).into_response(),
+        None => not_clustered(),
+    }
+}
+
+/// This node asks the leader to remove it from the membership.
+async fn cluster_leave(State(st): St) -> Response {
+    let Some(c) = st.broker.cluster() else {
+        return not_clustered();
+    };
+    match c.leave().await {
+        Ok(()) => {
+            tracing::info!("left the cluster (admin API)");
+            Json(json!({ "node_id": c.node_id(), "left": true })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot leave: {e}"),
+        ),
+    }
+}
+
+/// Removes another node from the membership (through the leader).
+async fn cluster_remove(State(st): St, Path(id): Path<u64>) -> Response {
+    let Some(c) = st.broker.cluster() else {
+        return not_clustered();
+    };
+    match c.remove(id).await {
+        Ok(()) => {
+            tracing::info!(node_id = id, "node removed from the cluster (admin API)");
+            Json(json!({ "node_id": id, "removed": true })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot remove node {id}: {e}"),
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]

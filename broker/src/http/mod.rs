@@ -44,14 +44,26 @@ use crate::broker::Broker;
 use crate::metrics::Metrics;
 use crate::server::BoundListener;
 
-/// What `/readyz` reports. The server sets `listeners`; the store sets `store` (there
-/// is no on-disk store yet, so it starts open); the cluster layer will add "joined and
-/// caught up". `draining` turns readiness off during shutdown.
-#[derive(Debug)]
+/// What `/readyz` reports. The server sets `listeners`; the store sets `store`; on a
+/// cluster node, the cluster must be joined, with a leader seen within
+/// `cluster.leader_lost_timeout`, and caught up. `draining` turns readiness off during
+/// shutdown.
 pub struct Readiness {
     listeners: AtomicBool,
     store: AtomicBool,
     draining: AtomicBool,
+    cluster: std::sync::OnceLock<ferromq_cluster::Cluster>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("listeners", &self.listeners)
+            .field("store", &self.store)
+            .field("draining", &self.draining)
+            .field("cluster", &self.cluster.get().is_some())
+            .finish()
+    }
 }
 
 impl Default for Readiness {
@@ -60,6 +72,7 @@ impl Default for Readiness {
             listeners: AtomicBool::new(false),
             store: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 }
@@ -77,11 +90,21 @@ impl Readiness {
         self.draining.store(v, Ordering::Relaxed);
     }
 
+    /// The cluster's own readiness joins the checks.
+    pub fn set_cluster(&self, cluster: ferromq_cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    fn cluster_ready(&self) -> bool {
+        self.cluster.get().is_none_or(|c| c.is_ready())
+    }
+
     /// Ready to serve clients: every check passes and the broker is not draining.
     pub fn is_ready(&self) -> bool {
         self.listeners.load(Ordering::Relaxed)
             && self.store.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
+            && self.cluster_ready()
     }
 
     fn checks(&self) -> serde_json::Value {
@@ -90,6 +113,10 @@ impl Readiness {
             "listeners": s(self.listeners.load(Ordering::Relaxed), "ok", "not bound"),
             "store": s(self.store.load(Ordering::Relaxed), "ok", "not open"),
             "shutdown": s(!self.draining.load(Ordering::Relaxed), "ok", "draining"),
+            "cluster": match self.cluster.get() {
+                None => "not clustered".to_owned(),
+                Some(_) => s(self.cluster_ready(), "ok", "not joined, no leader, or not caught up"),
+            },
         })
     }
 }

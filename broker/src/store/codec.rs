@@ -22,8 +22,12 @@ const ENVELOPE_VERSION: u8 = 1;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    system_time_to_unix_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch of a wall-clock time (0 before the epoch).
+pub fn system_time_to_unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

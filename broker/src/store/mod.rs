@@ -402,6 +402,12 @@ impl Store {
         Ok(store)
     }
 
+    /// The sled database: the cluster layer keeps its Raft log and state in trees of
+    /// its own in it (sled allows one open instance per directory).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -828,9 +834,39 @@ impl Store {
         self.retained_count
             .store(loaded.retained as u64, Ordering::Release);
         self.retained_bytes.store(retained_bytes, Ordering::Release);
+        for (tree, key) in expired_keys {
+            let _ = tree.remove(key);
+        }
+        let (sessions, expired) = self.load_sessions(None)?;
+        loaded.sessions = sessions;
+        loaded.expired_messages += expired;
+        Ok(loaded)
+    }
 
+    /// The records of every session (`only` = `None`) or of one client, with the
+    /// number of expired messages dropped on the way.
+    fn load_sessions(&self, only: Option<&str>) -> Result<(Vec<LoadedSession>, usize), OpenError> {
+        let now_ms = codec::now_unix_ms();
+        let bad = |tree: &str, e: String| {
+            corrupt(&self.path.join("store"), format!("tree `{tree}`: {e}"))
+        };
+        let mut expired_messages = 0usize;
+        let mut expired_keys: Vec<(&sled::Tree, sled::IVec)> = Vec::new();
+        // Sessions and wills are keyed by client id; queues by `client id NUL suffix`.
+        let by_id = |tree: &sled::Tree| -> sled::Iter {
+            match only {
+                None => tree.iter(),
+                Some(id) => tree.range::<&[u8], _>(id.as_bytes()..=id.as_bytes()),
+            }
+        };
+        let by_prefix = |tree: &sled::Tree| -> sled::Iter {
+            match only {
+                None => tree.iter(),
+                Some(id) => tree.scan_prefix(codec::session_prefix(id)),
+            }
+        };
         let mut by_client: HashMap<String, LoadedSession> = HashMap::new();
-        for item in self.sessions.iter() {
+        for item in by_id(&self.sessions) {
             let (k, v) = item.map_err(|e| bad("sessions", e.to_string()))?;
             let client_id =
                 String::from_utf8(k.to_vec()).map_err(|e| bad("sessions", e.to_string()))?;
@@ -850,7 +886,7 @@ impl Store {
         }
 
         let mut states: HashMap<Vec<u8>, (Stage, u16)> = HashMap::new();
-        for item in self.outstate.iter() {
+        for item in by_prefix(&self.outstate) {
             let (k, v) = item.map_err(|e| bad("outstate", e.to_string()))?;
             if v.len() != 3 {
                 return Err(bad("outstate", "record of the wrong length".into()));
@@ -864,7 +900,7 @@ impl Store {
             states.insert(k.to_vec(), (stage, u16::from_be_bytes([v[1], v[2]])));
         }
 
-        for item in self.outbound.iter() {
+        for item in by_prefix(&self.outbound) {
             let (k, v) = item.map_err(|e| bad("outbound", e.to_string()))?;
             let (client_id, suffix) =
                 codec::split_key(&k).ok_or_else(|| bad("outbound", "bad key".into()))?;
@@ -883,7 +919,7 @@ impl Store {
             // Expired while down: dropped, unless already past PUBREC (its flow must
             // complete) [MQTT-3.3.2-5].
             if stored.expired(now_ms) && !matches!(state, Some((Stage::AwaitPubComp, _))) {
-                loaded.expired_messages += 1;
+                expired_messages += 1;
                 expired_keys.push((&self.outbound, k.clone()));
                 continue;
             }
@@ -905,7 +941,7 @@ impl Store {
             session.outbound.push((seq, stored.into_delivery(), state));
         }
 
-        for item in self.inbound.iter() {
+        for item in by_prefix(&self.inbound) {
             let (k, _) = item.map_err(|e| bad("inbound", e.to_string()))?;
             let (client_id, suffix) =
                 codec::split_key(&k).ok_or_else(|| bad("inbound", "bad key".into()))?;
@@ -919,7 +955,7 @@ impl Store {
             }
         }
 
-        for item in self.wills.iter() {
+        for item in by_id(&self.wills) {
             let (k, v) = item.map_err(|e| bad("wills", e.to_string()))?;
             let client_id =
                 String::from_utf8(k.to_vec()).map_err(|e| bad("wills", e.to_string()))?;
@@ -945,9 +981,111 @@ impl Store {
         for s in &mut sessions {
             s.outbound.sort_by_key(|(seq, _, _)| *seq);
         }
-        loaded.sessions = sessions;
-        Ok(loaded)
+        Ok((sessions, expired_messages))
     }
+
+    // ---- session handover (cluster) ----------------------------------------------
+
+    /// Every record of one client's session (record, queue, in-flight states, inbound
+    /// QoS 2 ids, pending will) as one blob another node's [`Store::import_session`]
+    /// reads: both run the same store format, so the records travel as they are.
+    /// `None` when the client has no stored session.
+    pub fn export_session(&self, client_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(record) = self.sessions.get(client_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(record.len() + 64);
+        out.extend_from_slice(HANDOVER_MAGIC);
+        push_record(&mut out, 0, client_id.as_bytes(), &record);
+        for (tag, tree) in [
+            (1u8, &self.outbound),
+            (2, &self.outstate),
+            (3, &self.inbound),
+        ] {
+            for item in tree.scan_prefix(codec::session_prefix(client_id)) {
+                let (k, v) = item?;
+                push_record(&mut out, tag, &k, &v);
+            }
+        }
+        if let Some(will) = self.wills.get(client_id.as_bytes())? {
+            push_record(&mut out, 4, client_id.as_bytes(), &will);
+        }
+        Ok(Some(out))
+    }
+
+    /// Writes a session exported by another node in place of any local copy and
+    /// loads it. Errors name what is wrong with the blob; nothing is written then.
+    pub fn import_session(
+        &self,
+        client_id: &str,
+        blob: &[u8],
+    ) -> Result<Option<LoadedSession>, StoreError> {
+        let records = parse_handover(blob)
+            .ok_or_else(|| StoreError("malformed session handover blob".into()))?;
+        let prefix = codec::session_prefix(client_id);
+        let owned = |tag: u8, key: &[u8]| match tag {
+            0 | 4 => key == client_id.as_bytes(),
+            _ => key.starts_with(&prefix),
+        };
+        if !records
+            .iter()
+            .all(|(tag, k, _)| *tag <= 4 && owned(*tag, k))
+        {
+            return Err(StoreError(format!(
+                "session handover blob holds records of another client than {client_id}"
+            )));
+        }
+        self.delete_session(client_id)?;
+        for (tag, k, v) in records {
+            let tree = match tag {
+                0 => &self.sessions,
+                1 => &self.outbound,
+                2 => &self.outstate,
+                3 => &self.inbound,
+                _ => &self.wills,
+            };
+            tree.insert(k, v)?;
+        }
+        self.wrote();
+        self.load_sessions(Some(client_id))
+            .map(|(mut sessions, _)| sessions.pop())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+/// First bytes of a session handover blob (format version 1).
+const HANDOVER_MAGIC: &[u8] = b"FMQH1";
+
+/// Takes one length-prefixed field off the front of `rest`.
+fn take_field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let field = rest.get(4..4usize.checked_add(len)?)?;
+    *rest = &rest[4 + len..];
+    Some(field)
+}
+
+/// `tag u8, key len u32, key, value len u32, value`.
+fn push_record(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+/// One record of a handover blob: tree tag, key, value.
+type HandoverRecord<'a> = (u8, &'a [u8], &'a [u8]);
+
+fn parse_handover(blob: &[u8]) -> Option<Vec<HandoverRecord<'_>>> {
+    let mut rest = blob.strip_prefix(HANDOVER_MAGIC)?;
+    let mut out = Vec::new();
+    while let Some((&tag, tail)) = rest.split_first() {
+        rest = tail;
+        let key = take_field(&mut rest)?;
+        let value = take_field(&mut rest)?;
+        out.push((tag, key, value));
+    }
+    Some(out)
 }
 
 /// Reports a flush's latency to the metrics endpoint.
