@@ -10,7 +10,6 @@
 """
 
 import asyncio
-import copy
 import os
 import shutil
 import subprocess
@@ -19,22 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "ferromq"
-IMAGE_TAG = "ferromq:local"
+from .deployutil import CHART, IMAGE_TAG, REPO, deep_merge
 
 # Helm lint severities (helm.sh/helm/v3/pkg/lint/support).
 SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
-
-
-def deep_merge(base, over):
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import CHART, REPO
+from .deployutil import CHART, REPO
 
 COMPOSE = REPO / "deploy/compose/docker-compose.yml"
 

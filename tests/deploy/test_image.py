@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import CHART
+from .deployutil import CHART
 
 pytestmark = pytest.mark.usefixtures("image")
 

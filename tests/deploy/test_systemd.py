@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from .deployutil import REPO
 
 UNIT = REPO / "deploy/systemd/ferromq.service"
 TOML = REPO / "deploy/systemd/ferromq.toml"
