@@ -1,0 +1,1 @@
+"""Deployment tests: the container image, the Helm chart, the systemd unit, Compose."""
