@@ -60,7 +60,7 @@ def test_same_cluster_variables_and_drain_time_as_the_chart(config):
     sts = (CHART / "templates/statefulset.yaml").read_text()
     chart_vars = set(re.findall(r"name: (FERROMQ_CLUSTER_[A-Z_]+)", sts))
     chart_vars -= {"FERROMQ_CLUSTER_CA_FILE", "FERROMQ_CLUSTER_CERT_FILE", "FERROMQ_CLUSTER_KEY_FILE",
-                   "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT_MS"}  # optional in the chart
+                   "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT"}  # optional in the chart
     env = config["services"]["ferromq-1"]["environment"]
     compose_vars = {k for k in env if k.startswith("FERROMQ_CLUSTER_")}
     # The chart puts the bootstrap setting in each node's file, Compose in its env.
