@@ -56,6 +56,13 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Broker version, uptime, readiness, listeners and totals.
     Status,
+    /// Probe `/healthz` (or `/readyz` with `--ready`) without a token; exit 0 only on
+    /// 200. For container health checks (the image has no curl).
+    Health {
+        /// Probe readiness (listeners bound, store open, cluster joined) instead.
+        #[arg(long)]
+        ready: bool,
+    },
     /// List client sessions.
     Clients {
         /// Most entries to list.
@@ -424,6 +431,17 @@ pub fn execute(
             )?,
             show_subscriptions,
         ),
+        CtlCommand::Health { ready } => {
+            let path = if *ready { "/readyz" } else { "/healthz" };
+            let r = request(url, "GET", path, None)?;
+            if r.status != 200 {
+                return Err(CtlError::Api {
+                    status: r.status,
+                    message: format!("{path}: {}", String::from_utf8_lossy(&r.body).trim()),
+                });
+            }
+            return Ok("ok\n".to_owned());
+        }
         CtlCommand::Cluster { action } => match action {
             ClusterAction::Status => (call(url, "GET", "/api/v1/cluster", token)?, show_cluster),
             ClusterAction::Leave => (call(url, "POST", "/api/v1/cluster/leave", token)?, |v| {

@@ -52,7 +52,7 @@ def test_three_nodes_with_the_statefulset_peer_names(config):
         assert s["volumes"][0].startswith(f"data-{i}:/data")
         # Published on loopback only.
         assert all(str(p).startswith("127.0.0.1:") for p in s["ports"]), s["ports"]
-        assert s["healthcheck"]["test"] == ["CMD", "/usr/local/bin/ferromq", "ctl", "status"]
+        assert s["healthcheck"]["test"] == ["CMD", "/usr/local/bin/ferromq", "ctl", "health", "--ready"]
     assert config["networks"]["ferromq"]["name"] == "ferromq-headless"
 
 

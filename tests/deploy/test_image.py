@@ -97,7 +97,7 @@ def test_image_metadata():
     assert cfg["Entrypoint"] == ["/usr/local/bin/ferromq"]
     assert set(cfg["ExposedPorts"]) == {"1883/tcp", "8883/tcp", "8080/tcp", "8083/tcp", "7946/tcp"}
     assert "/data" in cfg["Volumes"]
-    assert cfg["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/ferromq", "ctl", "status"]
+    assert cfg["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/ferromq", "ctl", "health"]
     assert "FERROMQ_PERSISTENCE_PATH=/data" in cfg["Env"]
 
 
