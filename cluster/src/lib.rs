@@ -5,5 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod local;
+pub mod peer;
 
 pub use local::{Forward, LocalNode, NodeId};
