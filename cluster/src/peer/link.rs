@@ -248,9 +248,11 @@ impl Writer {
         let window = self.opts.window.max(1);
         // Never more than `window` batches are unacknowledged, so this never fills.
         let (out_tx, out_rx) = mpsc::channel::<pb::ForwardBatch>(window);
-        let outbound = futures::stream::unfold(out_rx, |mut rx| async move {
-            rx.recv().await.map(|b| (b, rx))
-        });
+        let outbound =
+            futures::stream::unfold(
+                out_rx,
+                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+            );
         let mut client = pb::peer_client::PeerClient::new(channel)
             .max_decoding_message_size(self.opts.max_message_bytes)
             .max_encoding_message_size(self.opts.max_message_bytes);

@@ -20,7 +20,13 @@ pub(crate) mod reason {
     /// QoS 0 in a batch that was written but not acknowledged when the stream broke
     /// (not re-sent: it may or may not have been delivered).
     pub const STREAM_LOST: &str = "stream_lost";
-    pub const ALL: [&str; 5] = [QUEUE_FULL, PEER_DOWN, UNKNOWN_PEER, PEER_REMOVED, STREAM_LOST];
+    pub const ALL: [&str; 5] = [
+        QUEUE_FULL,
+        PEER_DOWN,
+        UNKNOWN_PEER,
+        PEER_REMOVED,
+        STREAM_LOST,
+    ];
 }
 
 const SENT: &str = "sent";

@@ -119,7 +119,11 @@ struct Inner {
 impl PeerPlane {
     pub fn new(self_id: NodeId, local: Arc<dyn LocalNode>, opts: PeerOptions) -> PeerPlane {
         let metrics = Arc::new(Metrics::new());
-        let server = Arc::new(ServerShared::new(local, metrics.clone(), opts.window.max(1)));
+        let server = Arc::new(ServerShared::new(
+            local,
+            metrics.clone(),
+            opts.window.max(1),
+        ));
         PeerPlane {
             inner: Arc::new(Inner {
                 self_id,
@@ -214,7 +218,9 @@ impl PeerPlane {
     }
 
     /// Session handover: ask `owner` to close the client's connection and hand over
-    /// its session (`None`: it had none). One unary RPC with the `rpc_timeout` deadline.
+    /// its session (`None`: it had none). One unary RPC; this side waits `rpc_timeout`.
+    /// On `Timeout` the owner may still have completed the handover (its session is
+    /// then gone with the lost reply): the caller decides whether to retry or start clean.
     pub async fn take_session(
         &self,
         owner: NodeId,
@@ -228,16 +234,14 @@ impl PeerPlane {
         let timeout = self.inner.opts.rpc_timeout;
         let mut client = pb::peer_client::PeerClient::new(channel)
             .max_decoding_message_size(self.inner.opts.max_message_bytes);
-        let mut req = tonic::Request::new(pb::TakeSessionRequest {
+        // No grpc-timeout header on purpose: the owner's handover runs to completion
+        // even when this side stops waiting, rather than being cancelled half way.
+        let req = tonic::Request::new(pb::TakeSessionRequest {
             from: self.inner.self_id,
             client_id: client_id.to_owned(),
         });
-        req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.take_session(req)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().session),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                Err(PeerError::Timeout(timeout))
-            }
             Ok(Err(status)) => Err(PeerError::Rpc(status.to_string())),
             Err(_) => Err(PeerError::Timeout(timeout)),
         }

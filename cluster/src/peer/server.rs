@@ -48,11 +48,7 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
-    pub(crate) fn new(
-        local: Arc<dyn LocalNode>,
-        metrics: Arc<Metrics>,
-        window: usize,
-    ) -> Self {
+    pub(crate) fn new(local: Arc<dyn LocalNode>, metrics: Arc<Metrics>, window: usize) -> Self {
         ServerShared {
             local,
             metrics,
@@ -205,7 +201,11 @@ fn qos_from_wire(qos: u32, from: NodeId) -> u8 {
     match u8::try_from(qos) {
         Ok(q @ 0..=2) => q,
         _ => {
-            tracing::warn!(qos, from, "forwarded message with invalid QoS; delivered as QoS 2");
+            tracing::warn!(
+                qos,
+                from,
+                "forwarded message with invalid QoS; delivered as QoS 2"
+            );
             2
         }
     }
