@@ -656,3 +656,38 @@ async fn new_channel_resends_unacknowledged() {
     let expected: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("m{i}"))).collect();
     assert_eq!(got, expected);
 }
+
+/// `PeerPlane::shutdown` ends incoming Forward streams, so the node's graceful tonic
+/// shutdown completes instead of waiting on the long-lived streams for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_graceful_server_stop() {
+    let a = start_node(1, test_opts()).await;
+    let b_local = TestNode::new();
+    let b = PeerPlane::new(2, Arc::new(b_local.clone()), test_opts());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let svc = b.service();
+    let server = tokio::spawn(async move {
+        Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    a.plane.set_peer(2, channel(addr));
+    assert_eq!(
+        resolved(a.plane.forward(2, msg(1, 0)).unwrap()).await,
+        Ok(())
+    );
+
+    b.shutdown();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("graceful shutdown finished within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(b_local.count(), 1);
+}

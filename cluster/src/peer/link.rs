@@ -212,7 +212,14 @@ impl Writer {
         let mut backoff = min;
         loop {
             let channel = self.channel.borrow_and_update().clone();
-            match self.session(channel, &mut backoff, min).await {
+            let started = tokio::time::Instant::now();
+            let end = self.session(channel).await;
+            // A stream that stayed up a while resets the backoff; one that opens and
+            // drops at once (peer shutting down) keeps backing off.
+            if self.state.load(Ordering::Relaxed) == UP && started.elapsed() >= max {
+                backoff = min;
+            }
+            match end {
                 End::Stopped => break,
                 End::NewChannel => {
                     self.set_state(CONNECTING);
@@ -244,7 +251,7 @@ impl Writer {
     }
 
     /// One stream: open it, re-send what is unacknowledged, then pump.
-    async fn session(&mut self, channel: Channel, backoff: &mut Duration, min: Duration) -> End {
+    async fn session(&mut self, channel: Channel) -> End {
         let window = self.opts.window.max(1);
         // Never more than `window` batches are unacknowledged, so this never fills.
         let (out_tx, out_rx) = mpsc::channel::<pb::ForwardBatch>(window);
@@ -266,7 +273,6 @@ impl Writer {
             Err(_) => return End::Lost("stream open timed out".into()),
         };
         self.set_state(UP);
-        *backoff = min;
         for b in &self.in_flight {
             let batch = pb::ForwardBatch {
                 from: self.self_id,

@@ -9,7 +9,10 @@
 //! - **Order**: messages to one peer are delivered in the order they were offered
 //!   while the stream stays up. After a reconnect, re-sent QoS 1/2 messages come
 //!   first, still in order, but a delivery of the old stream that was still running
-//!   may overlap with the new stream.
+//!   may overlap with the new stream. The receiver calls `LocalNode::deliver` in
+//!   stream order, but the futures of up to `window` consecutive batches run
+//!   concurrently: the broker hands a batch to its sessions within the call and uses
+//!   the future only to signal that the batch is safe (its completion gates the ack).
 //! - **QoS 0**: at most once. Dropped (counted in
 //!   `ferromq_cluster_forward_dropped_total{reason}`) when the peer's queue is full
 //!   (`queue_full`), when its stream is down after a failure (`peer_down`), when the
@@ -30,6 +33,10 @@
 //!   backoff until the peer returns, or until [`PeerPlane::remove_peer`] answers them
 //!   `Err(ForwardError::PeerRemoved)`. No timeout gives up on them earlier: whether to
 //!   wait is the caller's choice (drop the receiver; the message is still sent).
+//!
+//! Liveness: a peer that vanishes without closing TCP is noticed through the
+//! channel's HTTP/2 keepalive (configured by the channel's owner), not here; no ack
+//! timeout gives up on a slow `deliver`.
 //!
 //! Bounds: queue `forward_queue` messages per peer; `window` unacknowledged batches
 //! of at most `batch_max` messages / about `batch_max_bytes` per peer (and the same
