@@ -88,6 +88,7 @@ pub struct PeerOptions {
     /// Reconnect backoff of the Forward stream: first wait, doubling up to `reconnect_max`
     /// (plus up to 50% jitter). Defaults 50 ms and 2 s.
     pub reconnect_min: Duration,
+    /// Longest reconnect wait (before jitter); a stream up this long resets the backoff.
     pub reconnect_max: Duration,
     /// Clean-session announcements queued per peer. Default 4096.
     pub announce_queue: usize,
@@ -274,7 +275,7 @@ impl PeerPlane {
         self.inner.metrics.register(registry);
     }
 
-    /// Stop: every peer is removed (waiting receivers get `PeerRemoved`) and incoming
+    /// Stop (the plane is not meant to be reused afterwards): every peer is removed (waiting receivers get `PeerRemoved`) and incoming
     /// Forward streams stop reading, finish the deliveries they started and end, so a
     /// graceful tonic shutdown does not wait on them for ever.
     pub fn shutdown(&self) {
