@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .bytes(".ferromq.peer.v1")
         .compile_fds(fds)?;
     Ok(())
 }
