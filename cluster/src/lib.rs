@@ -8,6 +8,7 @@ pub mod local;
 pub mod peer;
 
 pub use local::{Forward, LocalNode, NodeId};
+pub use peer::{ForwardError, PeerError, PeerOptions, PeerPlane};
 
 // ---- TEMPORARY API STUB (replaced by the state-plane branch on merge) ----
 use std::net::SocketAddr;
@@ -31,14 +32,6 @@ pub enum ClusterError {
     NotMember,
     #[error("config: {0}")]
     Config(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("queue full")]
-    QueueFull,
-    #[error("peer removed")]
-    PeerRemoved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
