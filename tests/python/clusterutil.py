@@ -34,8 +34,9 @@ def node_env(seeds: list[str], bootstrap: str, extra: dict | None = None) -> dic
 
 
 def start_node(seeds: list[str], bootstrap: str, *, workdir=None, extra_env: dict | None = None,
-               config: str = "") -> Broker:
-    return start_broker(config, env=node_env(seeds, bootstrap, extra_env), workdir=workdir, timeout=60.0)
+               config: str = "", args: list[str] | None = None, wrap: list[str] | None = None) -> Broker:
+    return start_broker(config, env=node_env(seeds, bootstrap, extra_env), workdir=workdir, timeout=60.0,
+                        args=args, wrap=wrap)
 
 
 def start_cluster(n: int, started: list, *, extra_env: dict | None = None, config: str = "") -> list[Broker]:

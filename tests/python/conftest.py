@@ -120,7 +120,7 @@ class Broker:
 
 
 def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Path | None = None,
-                 timeout: float = 20.0, env: dict | None = None) -> Broker:
+                 timeout: float = 20.0, env: dict | None = None, wrap: list[str] | None = None) -> Broker:
     """Starts a broker with a mosquitto.conf-style `config` (a `listener 0 127.0.0.1`
     line is prepended unless the config declares a listener itself). `env` adds
     environment variables, for ferromq keys without a mosquitto.conf directive
@@ -158,8 +158,9 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
     logf = open(log_path, "wb")
     # The operators' HTTP listener defaults to 127.0.0.1:8080; tests run many brokers
     # at once, so it gets an ephemeral port too (a later --http-listen in `args` wins).
-    cmd = [str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
-           "--data-dir", str(workdir / "data"), "--http-listen", "127.0.0.1:0"] + (args or [])
+    # `wrap` runs the broker under a command that execs it (e.g. `ip netns exec NS`).
+    cmd = (wrap or []) + [str(ferromq_bin()), "-c", str(conf), "--ready-file", str(ready),
+                          "--data-dir", str(workdir / "data"), "--http-listen", "127.0.0.1:0"] + (args or [])
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir, env=proc_env)
 
     def is_ready():
