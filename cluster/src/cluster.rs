@@ -23,17 +23,17 @@ use crate::node::{Inner, now_ms};
 use crate::options::{Bootstrap, ClusterOptions};
 use crate::peers::Peers;
 use crate::proposer::{self, Key, Pending, Refs};
+use crate::raft::Raft;
 use crate::raft::log_store::{LogStore, META_TREE};
 use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
 use crate::raft::state::VERSION;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::{Raft, TypeConfig};
 use crate::status::{ClusterStatus, MemberStatus};
 
 /// How long `start` waits for the bootstrap / join before returning (the join keeps
 /// going in the background; `is_ready()` tells when the node is a member).
-const START_JOIN_WAIT: Duration = Duration::from_secs(15);
+const START_JOIN_WAIT: Duration = Duration::from_secs(5);
 
 /// A handle to this node's cluster membership; cheap to clone.
 #[derive(Clone)]
@@ -699,11 +699,3 @@ async fn watch(inner: Arc<Inner>) {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send(c: Cluster) -> impl Send {
-    c
-}
-
-#[allow(dead_code)]
-type _TC = TypeConfig;

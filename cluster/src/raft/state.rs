@@ -372,6 +372,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn cmd(kind: Kind) -> pb::Command {
