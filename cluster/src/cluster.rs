@@ -52,11 +52,18 @@ fn cmd(kind: Kind) -> pb::Command {
     }
 }
 
-/// This node's id: read from `raft_meta/node_id`, or a fresh random id (below 2^53,
-/// so JSON and metrics carry it exactly) persisted before anything else is written.
-fn node_id(db: &sled::Db) -> Result<NodeId, ClusterError> {
+/// This node's id. With Raft state: the id persisted in `raft_meta/node_id`. With an
+/// empty store: always a fresh random id (below 2^53, so JSON and metrics carry it
+/// exactly), persisted before anything else is written: an id is never reused with
+/// an empty log (reference/stack.md 1.5), even if a previous attempt to join crashed
+/// before storing anything.
+fn node_id(db: &sled::Db, fresh: bool) -> Result<NodeId, ClusterError> {
     let meta = db.open_tree(META_TREE).map_err(storage)?;
-    if let Some(v) = meta.get(b"node_id").map_err(storage)? {
+    if !fresh {
+        let v = meta
+            .get(b"node_id")
+            .map_err(storage)?
+            .ok_or_else(|| storage("Raft state without node_id"))?;
         let raw: [u8; 8] = v
             .as_ref()
             .try_into()
@@ -77,9 +84,9 @@ impl Cluster {
         opts: ClusterOptions,
         local: Arc<dyn LocalNode>,
     ) -> Result<Cluster, ClusterError> {
-        let id = node_id(&opts.db)?;
         let log_store = LogStore::open(&opts.db).map_err(storage)?;
         let fresh = log_store.is_empty().map_err(storage)?;
+        let id = node_id(&opts.db, fresh)?;
         let sm =
             StateMachine::open(&opts.data_dir.join("cluster"), local.clone()).map_err(storage)?;
         let sm_shared = sm.shared.clone();
@@ -110,6 +117,9 @@ impl Cluster {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
             max_in_snapshot_log_to_keep: t.keep_logs,
+            // A node cut off (or restarted at a new address) must not depose a healthy
+            // leader by bumping terms: elections need a successful pre-vote first.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         let config = Arc::new(
@@ -360,6 +370,7 @@ impl Cluster {
             }),
             None => Kind::RetainedClear(pb::RetainedClear {
                 topic: topic.to_owned(),
+                if_expired_by_ms: 0,
             }),
         };
         let (index, _) = self.inner.propose(cmd(kind)).await?;
@@ -629,6 +640,8 @@ async fn watch(inner: Arc<Inner>) {
     let mut rx = inner.raft.metrics();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_promote = Instant::now();
+    let mut last_rejoin = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
@@ -685,6 +698,46 @@ async fn watch(inner: Arc<Inner>) {
             let have = inner.sm.state.read().node_meta(inner.id).cloned();
             if have.as_ref() != Some(&want) {
                 inner.pending.set(Key::Meta, Kind::NodeMeta(want));
+            }
+        }
+        // Our addresses changed since we joined (restart with another address): ask
+        // the leader to update our member record (a `Join` of an existing member).
+        if let Some(me) = membership.get_node(&inner.id)
+            && (me.addr != inner.advertise
+                || me.mqtt_addr != inner.meta.mqtt_addr
+                || me.http_addr != inner.meta.http_addr)
+            && last_rejoin.elapsed() > Duration::from_secs(2)
+        {
+            last_rejoin = Instant::now();
+            let i = inner.clone();
+            tokio::spawn(async move { i.rejoin().await });
+        }
+        // Leader: clear expired retained messages (conditional clears: a message set
+        // meanwhile survives). The clock is read here, never in apply.
+        if m.current_leader == Some(inner.id) && last_sweep.elapsed() > Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            let now = now_ms();
+            let expired = inner
+                .sm
+                .state
+                .read()
+                .retained_expired(now, proposer::MAX_BATCH);
+            if !expired.is_empty() {
+                let commands = expired
+                    .into_iter()
+                    .map(|topic| {
+                        cmd(Kind::RetainedClear(pb::RetainedClear {
+                            topic,
+                            if_expired_by_ms: now,
+                        }))
+                    })
+                    .collect();
+                let i = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = i.propose(cmd(Kind::Batch(pb::Batch { commands }))).await {
+                        tracing::debug!(error = %e, "retained expiry sweep deferred");
+                    }
+                });
             }
         }
         // Leader: keep the voter count at its target.

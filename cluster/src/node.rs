@@ -407,6 +407,37 @@ impl Inner {
         false
     }
 
+    /// Sends our current addresses to the leader (through any member we know).
+    pub async fn rejoin(&self) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader == Some(self.id) {
+            let req = pb::JoinRequest {
+                node_id: self.id,
+                addr: self.advertise.clone(),
+                mqtt_addr: self.meta.mqtt_addr.clone(),
+                http_addr: self.meta.http_addr.clone(),
+            };
+            if let Err(e) = self.join_local(req).await {
+                tracing::debug!(error = %e, "member record update deferred");
+            }
+            return;
+        }
+        let mut addrs: Vec<String> = Vec::new();
+        if let Some(l) = m.current_leader
+            && let Some(n) = m.membership_config.membership().get_node(&l)
+        {
+            addrs.push(n.addr.clone());
+        }
+        addrs.extend(
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(_, n)| n.addr.clone()),
+        );
+        self.join_round(&addrs).await;
+    }
+
     /// Status of every seed that answers: (addr, initialized).
     pub async fn probe_seeds(&self, seeds: &[String]) -> Vec<(String, bool)> {
         let mut out = Vec::new();

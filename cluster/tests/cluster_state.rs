@@ -86,6 +86,24 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
     );
     assert!(*n3.local.retained_calls.lock() >= 200);
 
+    // Retained expiry: the leader sweeps expired messages out of the replicated state.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 300;
+    n1.cluster
+        .retained_set("short/lived", Some(Bytes::from_static(b"x")), soon)
+        .await
+        .unwrap();
+    n3.cluster.read_barrier().await.unwrap();
+    assert!(n3.cluster.retained_get("short/lived").is_some());
+    wait_until("expired retained message swept", T, || {
+        n3.cluster.retained_get("short/lived").is_none()
+    })
+    .await;
+    assert_eq!(n3.local.retained.lock().get("short/lived"), Some(&None));
+
     // Sessions: ownership moves; the previous owner is reported.
     assert_eq!(n1.cluster.session_claim("c1", 60).await.unwrap(), None);
     assert_eq!(
@@ -212,6 +230,20 @@ async fn leader_failover_and_restart_from_disk() {
     .await;
     wait_until("restarted node ready", T, || back.cluster.is_ready()).await;
     assert_eq!(back.cluster.status().members.len(), 3);
+
+    // Leadership transfer hands over to another voter.
+    let all: Vec<&Node> = nodes.iter().chain(std::iter::once(&back)).collect();
+    let leader = agreed_leader(&all).unwrap();
+    let ln = all.iter().find(|n| n.cluster.node_id() == leader).unwrap();
+    ln.cluster.transfer_leadership().await.unwrap();
+    wait_until("leadership moved", T, || {
+        agreed_leader(&all).is_some_and(|l| l != leader)
+    })
+    .await;
+    back.cluster
+        .retained_set("after-transfer", Some(Bytes::from_static(b"3")), 0)
+        .await
+        .unwrap();
 
     back.cluster.shutdown().await;
     for n in &nodes {

@@ -98,7 +98,12 @@ impl State {
                 changes.push((r.topic.clone(), Some(message)));
             }
             Kind::RetainedClear(r) => {
-                if self.retained.remove(&r.topic).is_some() {
+                let clear = match self.retained.get(&r.topic) {
+                    None => false,
+                    Some(_) if r.if_expired_by_ms == 0 => true,
+                    Some(v) => v.expires_at_ms != 0 && v.expires_at_ms <= r.if_expired_by_ms,
+                };
+                if clear && self.retained.remove(&r.topic).is_some() {
                     changes.push((r.topic.clone(), None));
                 }
             }
@@ -265,6 +270,16 @@ impl State {
 
     pub fn retained(&self) -> impl Iterator<Item = (&String, &RetainedValue)> {
         self.retained.iter()
+    }
+
+    /// Topics whose retained message expired at `now_ms` (at most `max`).
+    pub fn retained_expired(&self, now_ms: u64, max: usize) -> Vec<String> {
+        self.retained
+            .iter()
+            .filter(|(_, v)| v.expires_at_ms != 0 && v.expires_at_ms <= now_ms)
+            .take(max)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     pub fn retained_get(&self, topic: &str) -> Option<&RetainedValue> {
@@ -462,6 +477,28 @@ mod tests {
             &mut ch,
         );
         assert_eq!(r.prev_owner, Some(2));
+        let exp = |topic: &str, by: u64| {
+            cmd(Kind::RetainedClear(pb::RetainedClear {
+                topic: topic.into(),
+                if_expired_by_ms: by,
+            }))
+        };
+        s.apply(
+            &cmd(Kind::RetainedSet(pb::RetainedSet {
+                topic: "e".into(),
+                message: b"x".to_vec(),
+                expires_at_ms: 100,
+            })),
+            &mut ch,
+        );
+        assert_eq!(s.retained_expired(99, 10), Vec::<String>::new());
+        assert_eq!(s.retained_expired(100, 10), vec!["e".to_string()]);
+        s.apply(&exp("e", 99), &mut ch);
+        assert!(s.retained_get("e").is_some(), "not expired yet");
+        s.apply(&exp("t/1", 1000), &mut ch);
+        assert!(s.retained_get("t/1").is_some(), "never expires");
+        s.apply(&exp("e", 100), &mut ch);
+        assert!(s.retained_get("e").is_none());
         let copy = State::from_image(s.to_image());
         let mut shared = Vec::new();
         copy.remote_shared(1, "t/x", &mut shared);
