@@ -35,6 +35,9 @@ use crate::status::{ClusterStatus, MemberStatus};
 /// going in the background; `is_ready()` tells when the node is a member).
 const START_JOIN_WAIT: Duration = Duration::from_secs(5);
 
+/// Consecutive quiet seed probes before `Bootstrap::Auto` initialises.
+const AUTO_ROUNDS: u32 = 3;
+
 /// A handle to this node's cluster membership; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -604,20 +607,32 @@ async fn bootstrap(inner: Arc<Inner>, mode: Bootstrap, seeds: Vec<String>) {
             let _ = inner.initialize_self().await;
             return;
         }
-        Bootstrap::Auto => loop {
-            if inner.stop.is_cancelled() || inner.is_member() {
-                return;
+        Bootstrap::Auto => {
+            // Initialise only after AUTO_ROUNDS consecutive probes in which no seed
+            // was initialised and either none answered or every uninitialised one
+            // that answered has a larger address (deterministic tie-break). Several
+            // rounds let a peer that is initialising right now show up as such.
+            let mut quiet = 0;
+            loop {
+                if inner.stop.is_cancelled() || inner.is_member() {
+                    return;
+                }
+                let answers = inner.probe_seeds(&seeds).await;
+                if answers.iter().any(|(_, init)| *init) {
+                    break;
+                }
+                if answers.iter().all(|(addr, _)| inner.advertise < *addr) {
+                    quiet += 1;
+                } else {
+                    quiet = 0;
+                }
+                if quiet >= AUTO_ROUNDS {
+                    let _ = inner.initialize_self().await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let answers = inner.probe_seeds(&seeds).await;
-            if answers.iter().any(|(_, init)| *init) {
-                break;
-            }
-            if answers.is_empty() || answers.iter().all(|(addr, _)| inner.advertise < *addr) {
-                let _ = inner.initialize_self().await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        },
+        }
         Bootstrap::Never => {}
     }
     loop {

@@ -419,3 +419,42 @@ async fn mtls_cluster_refuses_a_node_from_another_ca() {
     n1.cluster.shutdown().await;
     n2.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_auto_bootstrap_forms_one_cluster() {
+    let base = tempfile::tempdir().unwrap();
+    // Reserve three loopback ports, then start all nodes at once, each seeded with
+    // all three addresses (as a static config or a headless service would).
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let seeds: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let starts = addrs.iter().enumerate().map(|(i, a)| {
+        let dir = base.path().join(format!("n{i}"));
+        let spec = Spec {
+            listen: Some(*a),
+            seeds: seeds.clone(),
+            ..Default::default()
+        };
+        async move { start(&dir, spec).await }
+    });
+    let nodes: Vec<Node> = futures::future::join_all(starts).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until("one cluster of three", Duration::from_secs(15), || {
+        agreed_leader(&refs).is_some() && refs.iter().all(|n| voters(n).len() == 3)
+    })
+    .await;
+    nodes[2].cluster.route_add("x/#");
+    wait_until("route everywhere", T, || {
+        remote_routes(&nodes[0], "x/1") == vec![nodes[2].cluster.node_id()]
+    })
+    .await;
+    for n in &nodes {
+        n.cluster.shutdown().await;
+    }
+}

@@ -176,12 +176,14 @@ impl pb::raft_server::Raft for RaftService {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.inner.raft.metrics().borrow_watched().clone();
-        let initialized = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_some();
+        // Authoritative (metrics lag right after `initialize`): a bootstrapping peer
+        // must never see "uninitialised" once this node initialised.
+        let initialized = self.inner.raft.is_initialized().await.map_err(internal)?
+            || m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some();
         Ok(Response::new(pb::StatusResponse {
             node_id: self.inner.id,
             initialized,

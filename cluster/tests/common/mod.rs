@@ -98,6 +98,11 @@ pub async fn open_db(dir: &Path) -> sled::Db {
 }
 
 pub async fn start(dir: &Path, spec: Spec) -> Node {
+    // Logs with RUST_LOG=ferromq_cluster=debug (captured per test by the harness).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     std::fs::create_dir_all(dir).unwrap();
     let db = open_db(dir).await;
     let listen = spec
