@@ -217,26 +217,26 @@ impl Server {
             }),
             _ => None,
         };
-        let options = ferromq_cluster::ClusterOptions {
-            listen: c.listen,
-            advertise: (!c.advertise.is_empty()).then(|| c.advertise.clone()),
-            seeds: c.seed_list(),
-            bootstrap: match c.bootstrap {
-                ferromq_config::Bootstrap::Auto => ferromq_cluster::Bootstrap::Auto,
-                ferromq_config::Bootstrap::Always => ferromq_cluster::Bootstrap::Always,
-                ferromq_config::Bootstrap::Never => ferromq_cluster::Bootstrap::Never,
-            },
-            voters: c.voters,
-            db: store.db().clone(),
-            data_dir: config.persistence.path.clone(),
-            tls,
-            meta: ferromq_cluster::NodeMeta {
-                mqtt_addr: addr_of("mqtt"),
-                http_addr: addr_of("http"),
-            },
-            leader_lost_timeout: c.leader_lost_timeout,
-            forward_queue: c.forward_queue,
+        let mut options = ferromq_cluster::ClusterOptions::new(
+            c.listen,
+            store.db().clone(),
+            config.persistence.path.clone(),
+        );
+        options.advertise = (!c.advertise.is_empty()).then(|| c.advertise.clone());
+        options.seeds = c.seed_list();
+        options.bootstrap = match c.bootstrap {
+            ferromq_config::Bootstrap::Auto => ferromq_cluster::Bootstrap::Auto,
+            ferromq_config::Bootstrap::Always => ferromq_cluster::Bootstrap::Always,
+            ferromq_config::Bootstrap::Never => ferromq_cluster::Bootstrap::Never,
         };
+        options.voters = c.voters;
+        options.tls = tls;
+        options.meta = ferromq_cluster::NodeMeta {
+            mqtt_addr: addr_of("mqtt"),
+            http_addr: addr_of("http"),
+        };
+        options.leader_lost_timeout = c.leader_lost_timeout;
+        options.forward_queue = c.forward_queue;
         let node = Arc::new(crate::cluster_link::BrokerNode {
             broker: self.broker.clone(),
         });
