@@ -714,7 +714,16 @@ async fn watch(inner: Arc<Inner>) {
             _ = tick.tick() => {}
         }
         let m = rx.borrow_watched().clone();
-        if m.current_leader.is_some() {
+        // A leader is "seen" while it works: on the leader, while a quorum acknowledged
+        // it recently; elsewhere the Raft service notes each AppendEntries from it. (A
+        // follower cut off keeps `current_leader` set, because pre-vote keeps it from
+        // starting elections, so that field alone would never expire.)
+        #[allow(deprecated)]
+        let quorum_acked_ms = m.millis_since_quorum_ack;
+        if m.current_leader == Some(inner.id)
+            && quorum_acked_ms
+                .is_some_and(|ms| u128::from(ms) < inner.leader_lost_timeout.as_millis())
+        {
             *inner.leader_seen.lock() = Some(Instant::now());
         }
         // Peer channels follow the membership.

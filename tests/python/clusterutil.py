@@ -16,6 +16,9 @@ import urllib.request
 from conftest import Broker, http_url, start_broker, wait_for
 
 
+ADMIN_TOKEN = "cluster-test-token"
+
+
 def grpc_addr(node: Broker) -> str:
     return next(l["addr"] for l in node.listeners if l["protocol"] == "grpc")
 
@@ -28,6 +31,8 @@ def node_env(seeds: list[str], bootstrap: str, extra: dict | None = None) -> dic
         "FERROMQ_CLUSTER_SEEDS": ",".join(seeds),
         "FERROMQ_CLUSTER_BOOTSTRAP": bootstrap,
         "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT": "3s",
+        # The admin API from a non-loopback peer (a node in a network namespace).
+        "FERROMQ_HTTP_TOKEN": ADMIN_TOKEN,
     }
     env.update(extra or {})
     return env
@@ -55,7 +60,9 @@ def start_cluster(n: int, started: list, *, extra_env: dict | None = None, confi
 
 def get_json(node: Broker, path: str):
     try:
-        with urllib.request.urlopen(http_url(node) + path, timeout=5) as r:
+        req = urllib.request.Request(http_url(node) + path,
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         body = e.read()
@@ -89,7 +96,11 @@ def wait_joined(nodes: list[Broker], timeout: float = 60.0, members: int | None 
                 return False
         return True
 
-    wait_for(joined, timeout, what=f"{len(nodes)} nodes joined and ready")
+    try:
+        wait_for(joined, timeout, what=f"{len(nodes)} nodes joined and ready")
+    except TimeoutError as e:
+        seen = [(n.listeners, get_json(n, "/readyz"), status(n)) for n in nodes]
+        raise TimeoutError(f"{e}; nodes: {seen}") from None
 
 
 def leader_of(nodes: list[Broker]) -> Broker:

@@ -155,7 +155,9 @@ def start_broker(config: str = "", *, args: list[str] | None = None, workdir: Pa
     conf = workdir / "ferromq.conf"
     conf.write_text(config)
     ready = workdir / "ready.json"
-    logf = open(log_path, "wb")
+    # A restart in the same directory: the previous run's file names dead ports.
+    ready.unlink(missing_ok=True)
+    logf = open(log_path, "ab")
     # The operators' HTTP listener defaults to 127.0.0.1:8080; tests run many brokers
     # at once, so it gets an ephemeral port too (a later --http-listen in `args` wins).
     # `wrap` runs the broker under a command that execs it (e.g. `ip netns exec NS`).

@@ -44,6 +44,8 @@ impl pb::raft_server::Raft for RaftService {
             .append_entries(req)
             .await
             .map_err(internal)?;
+        // A leader reached us: `is_ready` counts the leader as seen.
+        *self.inner.leader_seen.lock() = Some(std::time::Instant::now());
         Ok(Response::new(codec::append_resp_to_pb(&resp)))
     }
 
