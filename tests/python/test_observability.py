@@ -25,6 +25,7 @@ import subprocess
 
 import pytest
 
+from clusterutil import start_cluster
 from conftest import http_url, wait_for
 from mqttclient import QUIET_WINDOW, Client, unique
 from obs import (ALERTS, DASHBOARD, Prometheus, alert_exprs, ctl, dashboard_exprs, http, instantiate,
@@ -321,7 +322,7 @@ def test_alert_rules_pass_promtool():
     promtool = need("promtool")
     out = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout, out.stdout
+    assert "SUCCESS: 10 rules found" in out.stdout, out.stdout
     cfg = ALERTS.parent / "prometheus.yml"
     out = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -335,9 +336,19 @@ def test_dashboard_and_alert_metrics_exist_in_a_live_scrape(broker):
     `up` is the one exception: Prometheus records it for every target itself."""
     dash = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
-    for want in ("Overview", "Traffic", "Drops", "Latency", "Sessions", "Storage"):
+    for want in ("Overview", "Traffic", "Drops", "Latency", "Sessions", "Storage", "Cluster"):
         assert any(r.startswith(want) for r in rows), (want, rows)
     live = samples(broker).names()
+    # The cluster's families exist on cluster nodes only, and its per-peer ones once
+    # a node has a peer: a two-node cluster exports them all.
+    started = []
+    try:
+        for n in start_cluster(2, started):
+            live |= samples(n).names()
+    finally:
+        for n in started:
+            n.stop()
+            shutil.rmtree(n.workdir, ignore_errors=True)
     used = {}
     for source, exprs in (("dashboard", dashboard_exprs()), ("alerts", alert_exprs())):
         assert exprs, source
@@ -395,9 +406,9 @@ def test_prometheus_scrapes_ferromq(broker):
             rules = [r for g in groups for r in g["rules"]]
             evaluated = all(r["health"] == "ok" and not r.get("lastEvaluation", "").startswith("0001")
                             for r in rules)
-            return rules if len(rules) == 7 and evaluated else None
+            return rules if len(rules) == 10 and evaluated else None
 
-        rules = wait_for(rules_evaluated, 30, interval=0.5, what="7 alert rules evaluated with health ok")
+        rules = wait_for(rules_evaluated, 30, interval=0.5, what="10 alert rules evaluated with health ok")
         firing = [r["name"] for r in rules if r["state"] == "firing"]
         assert not firing, firing
         # Every dashboard query is valid PromQL that Prometheus accepts.

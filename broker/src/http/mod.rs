@@ -109,15 +109,19 @@ impl Readiness {
 
     fn checks(&self) -> serde_json::Value {
         let s = |ok: bool, yes: &str, no: &str| if ok { yes.to_owned() } else { no.to_owned() };
-        json!({
+        let mut checks = json!({
             "listeners": s(self.listeners.load(Ordering::Relaxed), "ok", "not bound"),
             "store": s(self.store.load(Ordering::Relaxed), "ok", "not open"),
             "shutdown": s(!self.draining.load(Ordering::Relaxed), "ok", "draining"),
-            "cluster": match self.cluster.get() {
-                None => "not clustered".to_owned(),
-                Some(_) => s(self.cluster_ready(), "ok", "not joined, no leader, or not caught up"),
-            },
-        })
+        });
+        if self.cluster.get().is_some() {
+            checks["cluster"] = json!(s(
+                self.cluster_ready(),
+                "ok",
+                "not joined, no leader seen within cluster.leader_lost_timeout, or not caught up"
+            ));
+        }
+        checks
     }
 }
 
