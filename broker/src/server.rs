@@ -336,6 +336,18 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down");
         self.readiness.set_draining(true);
+        if let Some(cluster) = &self.cluster {
+            // Drain: a leader hands leadership to a caught-up voter first, so the
+            // cluster does not wait for an election timeout after this node is gone.
+            match tokio::time::timeout(Duration::from_secs(6), cluster.transfer_leadership()).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "leadership transfer before shutdown failed")
+                }
+                Err(_) => tracing::warn!("leadership transfer before shutdown timed out"),
+            }
+        }
         broker.shutdown_token().cancel();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
