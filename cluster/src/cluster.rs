@@ -573,8 +573,14 @@ impl Cluster {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        for mut t in tasks {
+            // The server's graceful shutdown waits for open streams: bounded, then aborted.
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
     }
 }
@@ -652,15 +658,17 @@ async fn bootstrap(inner: Arc<Inner>, mode: Bootstrap, seeds: Vec<String>) {
 /// Follows Raft metrics: peer channels for members, leader freshness, gauges, node
 /// metadata, and (on the leader) learner promotion.
 async fn watch(inner: Arc<Inner>) {
-    let mut rx = inner.raft.metrics();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // A fixed 200 ms period rather than every metrics change: metrics change on every
+    // applied entry, and this loop's cost must not scale with the write rate.
+    let rx = inner.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_promote = Instant::now();
     let mut last_rejoin = Instant::now();
     let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
             _ = tick.tick() => {}
         }
         let m = rx.borrow_watched().clone();

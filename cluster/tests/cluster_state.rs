@@ -76,6 +76,14 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
         );
     }
     eprintln!("200 retained set+barrier rounds in {:?}", started.elapsed());
+    // Concurrent barriers share read-index rounds and all complete.
+    let barriers = (0..50).map(|_| n2.cluster.read_barrier());
+    assert!(
+        futures::future::join_all(barriers)
+            .await
+            .iter()
+            .all(|r| r.is_ok())
+    );
     n2.cluster.retained_set("r/topic", None, 0).await.unwrap();
     n3.cluster.read_barrier().await.unwrap();
     assert_eq!(n3.cluster.retained_get("r/topic"), None);
