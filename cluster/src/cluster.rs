@@ -90,8 +90,13 @@ impl Cluster {
         let log_store = LogStore::open(&opts.db).map_err(storage)?;
         let fresh = log_store.is_empty().map_err(storage)?;
         let id = node_id(&opts.db, fresh)?;
-        let sm =
-            StateMachine::open(&opts.data_dir.join("cluster"), local.clone()).map_err(storage)?;
+        let sm_dir = opts.data_dir.join("cluster");
+        if fresh {
+            // A snapshot left over from an earlier life of this data dir (sled wiped)
+            // belongs to another node id: never start a fresh node from it.
+            StateMachine::discard(&sm_dir).map_err(storage)?;
+        }
+        let sm = StateMachine::open(&sm_dir, local.clone()).map_err(storage)?;
         let sm_shared = sm.shared.clone();
 
         let (server_tls, client_tls) = match &opts.tls {

@@ -98,6 +98,14 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// Removes a snapshot file from `dir` (fresh node with a leftover data dir).
+    pub fn discard(dir: &Path) -> io::Result<()> {
+        match std::fs::remove_file(dir.join(SNAPSHOT_FILE)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens the state machine: loads `dir/snapshot.bin` if present and reports its
     /// retained messages to `local`.
     pub fn open(dir: &Path, local: Arc<dyn LocalNode>) -> io::Result<Self> {
