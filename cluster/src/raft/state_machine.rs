@@ -208,7 +208,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut state = self.shared.state.write();
                 let resp = match &entry.payload {
                     EntryPayload::Blank => Applied::default(),
-                    EntryPayload::Normal(cmd) => state.apply(&cmd.0, &mut changes),
+                    EntryPayload::Normal(cmd) => {
+                        let applied = self.shared.applied.lock();
+                        let membership = applied.1.membership();
+                        state.apply(&cmd.0, &|n| membership.get_node(&n).is_some(), &mut changes)
+                    }
                     EntryPayload::Membership(m) => {
                         self.shared.applied.lock().1 =
                             StoredMembership::new(Some(entry.log_id), m.clone());
