@@ -564,6 +564,7 @@ impl Cluster {
 
     pub fn register_metrics(&self, registry: &prometheus::Registry) {
         self.inner.metrics.register(registry);
+        // PEER PLANE: peer_plane.register_metrics(registry)
     }
 
     /// Stops Raft, the gRPC server and background tasks. Pending route intents that
