@@ -93,8 +93,13 @@ impl Cluster {
         let log_store = LogStore::open(&opts.db).map_err(storage)?;
         let fresh = log_store.is_empty().map_err(storage)?;
         let id = node_id(&opts.db, fresh)?;
-        let sm =
-            StateMachine::open(&opts.data_dir.join("cluster"), local.clone()).map_err(storage)?;
+        let sm_dir = opts.data_dir.join("cluster");
+        if fresh {
+            // A snapshot left over from an earlier life of this data dir (sled wiped)
+            // belongs to another node id: never start a fresh node from it.
+            StateMachine::discard(&sm_dir).map_err(storage)?;
+        }
+        let sm = StateMachine::open(&sm_dir, local.clone()).map_err(storage)?;
         let sm_shared = sm.shared.clone();
 
         let (server_tls, client_tls) = match &opts.tls {
@@ -623,8 +628,14 @@ impl Cluster {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        for mut t in tasks {
+            // The server's graceful shutdown waits for open streams: bounded, then aborted.
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
     }
 }
@@ -702,15 +713,17 @@ async fn bootstrap(inner: Arc<Inner>, mode: Bootstrap, seeds: Vec<String>) {
 /// Follows Raft metrics: peer channels for members, leader freshness, gauges, node
 /// metadata, and (on the leader) learner promotion.
 async fn watch(inner: Arc<Inner>) {
-    let mut rx = inner.raft.metrics();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // A fixed 200 ms period rather than every metrics change: metrics change on every
+    // applied entry, and this loop's cost must not scale with the write rate.
+    let rx = inner.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_promote = Instant::now();
     let mut last_rejoin = Instant::now();
     let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
             _ = tick.tick() => {}
         }
         let m = rx.borrow_watched().clone();

@@ -76,6 +76,14 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
         );
     }
     eprintln!("200 retained set+barrier rounds in {:?}", started.elapsed());
+    // Concurrent barriers share read-index rounds and all complete.
+    let barriers = (0..50).map(|_| n2.cluster.read_barrier());
+    assert!(
+        futures::future::join_all(barriers)
+            .await
+            .iter()
+            .all(|r| r.is_ok())
+    );
     n2.cluster.retained_set("r/topic", None, 0).await.unwrap();
     n3.cluster.read_barrier().await.unwrap();
     assert_eq!(n3.cluster.retained_get("r/topic"), None);
@@ -363,6 +371,28 @@ async fn learner_gets_state_by_snapshot_and_removal_promotes_it() {
             .any(|m| m.id == id4)
     })
     .await;
+    let left = nodes.remove(2);
+    left.cluster.shutdown().await;
+
+    // The leader leaves: the last node takes over and keeps accepting writes.
+    let pair: Vec<&Node> = nodes.iter().collect();
+    wait_until("leader of two", T, || agreed_leader(&pair).is_some()).await;
+    let leader = agreed_leader(&pair).unwrap();
+    let li = nodes
+        .iter()
+        .position(|n| n.cluster.node_id() == leader)
+        .unwrap();
+    nodes[li].cluster.leave().await.unwrap();
+    let last = &nodes[1 - li];
+    wait_until("single member left", T, || {
+        last.cluster.status().members.len() == 1
+            && last.cluster.status().leader == Some(last.cluster.node_id())
+    })
+    .await;
+    last.cluster
+        .retained_set("alone", Some(Bytes::from_static(b"1")), 0)
+        .await
+        .unwrap();
     for n in &nodes {
         n.cluster.shutdown().await;
     }

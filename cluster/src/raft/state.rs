@@ -72,7 +72,16 @@ fn valid_filter(filter: &str) -> bool {
 
 impl State {
     /// Applies one command; retained changes are appended to `changes`.
-    pub fn apply(&mut self, cmd: &pb::Command, changes: &mut Vec<RetainedChange>) -> Applied {
+    ///
+    /// `is_member` is the membership as of this log entry: additions on behalf of a
+    /// node that is not a member (a removed node's late batch arriving after its
+    /// `NodeForget`) are ignored, so no ghost routes point at a node that is gone.
+    pub fn apply(
+        &mut self,
+        cmd: &pb::Command,
+        is_member: &dyn Fn(NodeId) -> bool,
+        changes: &mut Vec<RetainedChange>,
+    ) -> Applied {
         let mut out = Applied::default();
         if cmd.version > VERSION {
             // Written by a newer node: skipped identically on every node of this
@@ -81,6 +90,23 @@ impl State {
             return out;
         }
         let Some(kind) = &cmd.kind else { return out };
+        let adds_for = match kind {
+            Kind::RouteAdd(r) => Some(r.node),
+            Kind::SharedAdd(s) => Some(s.node),
+            Kind::SessionClaim(c) => Some(c.node),
+            Kind::NodeMeta(m) => Some(m.node),
+            _ => None,
+        };
+        if let Some(node) = adds_for
+            && !is_member(node)
+        {
+            tracing::debug!(
+                node,
+                kind = kind_name(kind),
+                "ignoring a command for a non-member"
+            );
+            return out;
+        }
         match kind {
             Kind::RouteAdd(r) => self.route_add(r.node, &r.filter),
             Kind::RouteRemove(r) => self.route_remove(r.node, &r.filter),
@@ -133,7 +159,7 @@ impl State {
             Kind::NodeForget(f) => self.forget(f.node),
             Kind::Batch(b) => {
                 for c in &b.commands {
-                    let r = self.apply(c, changes);
+                    let r = self.apply(c, is_member, changes);
                     out.prev_owner = out.prev_owner.or(r.prev_owner);
                 }
             }
@@ -407,6 +433,7 @@ mod tests {
                     node: n,
                     filter: f.into(),
                 })),
+                &|_| true,
                 &mut ch,
             );
         }
@@ -419,6 +446,7 @@ mod tests {
                 node: 2,
                 filter: "a/#".into(),
             })),
+            &|_| true,
             &mut ch,
         );
         s.apply(
@@ -426,6 +454,7 @@ mod tests {
                 node: 2,
                 filter: "a/b".into(),
             })),
+            &|_| true,
             &mut ch,
         );
         out.clear();
@@ -434,6 +463,23 @@ mod tests {
         out.clear();
         s.remote_routes(3, "a/b", &mut out);
         assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn additions_for_non_members_are_ignored() {
+        let mut s = State::default();
+        let mut ch = Vec::new();
+        let add = cmd(Kind::RouteAdd(pb::RouteAdd {
+            node: 9,
+            filter: "a".into(),
+        }));
+        s.apply(&add, &|n| n != 9, &mut ch);
+        let mut out = Vec::new();
+        s.remote_routes(1, "a", &mut out);
+        assert!(out.is_empty());
+        s.apply(&add, &|_| true, &mut ch);
+        s.remote_routes(1, "a", &mut out);
+        assert_eq!(out, vec![9]);
     }
 
     #[test]
@@ -446,6 +492,7 @@ mod tests {
                 group: "g".into(),
                 filter: "t/#".into(),
             })),
+            &|_| true,
             &mut ch,
         );
         s.apply(
@@ -454,6 +501,7 @@ mod tests {
                 message: b"m".to_vec(),
                 expires_at_ms: 0,
             })),
+            &|_| true,
             &mut ch,
         );
         assert_eq!(ch.len(), 1);
@@ -464,6 +512,7 @@ mod tests {
                 expiry_secs: 5,
                 at_ms: 1,
             })),
+            &|_| true,
             &mut ch,
         );
         assert_eq!(r.prev_owner, None);
@@ -474,6 +523,7 @@ mod tests {
                 expiry_secs: 5,
                 at_ms: 2,
             })),
+            &|_| true,
             &mut ch,
         );
         assert_eq!(r.prev_owner, Some(2));
@@ -489,15 +539,16 @@ mod tests {
                 message: b"x".to_vec(),
                 expires_at_ms: 100,
             })),
+            &|_| true,
             &mut ch,
         );
         assert_eq!(s.retained_expired(99, 10), Vec::<String>::new());
         assert_eq!(s.retained_expired(100, 10), vec!["e".to_string()]);
-        s.apply(&exp("e", 99), &mut ch);
+        s.apply(&exp("e", 99), &|_| true, &mut ch);
         assert!(s.retained_get("e").is_some(), "not expired yet");
-        s.apply(&exp("t/1", 1000), &mut ch);
+        s.apply(&exp("t/1", 1000), &|_| true, &mut ch);
         assert!(s.retained_get("t/1").is_some(), "never expires");
-        s.apply(&exp("e", 100), &mut ch);
+        s.apply(&exp("e", 100), &|_| true, &mut ch);
         assert!(s.retained_get("e").is_none());
         let copy = State::from_image(s.to_image());
         let mut shared = Vec::new();

@@ -98,6 +98,14 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// Removes a snapshot file from `dir` (fresh node with a leftover data dir).
+    pub fn discard(dir: &Path) -> io::Result<()> {
+        match std::fs::remove_file(dir.join(SNAPSHOT_FILE)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens the state machine: loads `dir/snapshot.bin` if present and reports its
     /// retained messages to `local`.
     pub fn open(dir: &Path, local: Arc<dyn LocalNode>) -> io::Result<Self> {
@@ -200,7 +208,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut state = self.shared.state.write();
                 let resp = match &entry.payload {
                     EntryPayload::Blank => Applied::default(),
-                    EntryPayload::Normal(cmd) => state.apply(&cmd.0, &mut changes),
+                    EntryPayload::Normal(cmd) => {
+                        let applied = self.shared.applied.lock();
+                        let membership = applied.1.membership();
+                        state.apply(&cmd.0, &|n| membership.get_node(&n).is_some(), &mut changes)
+                    }
                     EntryPayload::Membership(m) => {
                         self.shared.applied.lock().1 =
                             StoredMembership::new(Some(entry.log_id), m.clone());
