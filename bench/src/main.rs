@@ -110,6 +110,10 @@ struct Cli {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: String,
+    /// Subscribers' broker address (another node of a cluster: cross-node runs);
+    /// default: `--addr`.
+    #[arg(long = "sub-addr")]
+    sub_addr: Option<String>,
     /// Broker process id, for RSS and CPU from /proc.
     #[arg(long = "broker-pid")]
     broker_pid: Option<u32>,
@@ -208,10 +212,19 @@ async fn run(cli: &Cli) -> Result<report::Report> {
         .with_context(|| format!("bad --addr {}", cli.addr))?
         .next()
         .with_context(|| format!("--addr {} resolves to nothing", cli.addr))?;
+    let sub_addr: SocketAddr = match &cli.sub_addr {
+        None => addr,
+        Some(a) => a
+            .to_socket_addrs()
+            .with_context(|| format!("bad --sub-addr {a}"))?
+            .next()
+            .with_context(|| format!("--sub-addr {a} resolves to nothing"))?,
+    };
     let base = Params {
         scenario: cli.scenario.name().into(),
         note: None,
         addr,
+        sub_addr,
         publishers: 1,
         subscribers: 1,
         layout: Layout::OneTopic,

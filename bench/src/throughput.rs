@@ -64,6 +64,9 @@ pub struct Params {
     pub scenario: String,
     pub note: Option<String>,
     pub addr: SocketAddr,
+    /// Where subscribers connect (another cluster node for cross-node runs); `addr`
+    /// by default.
+    pub sub_addr: SocketAddr,
     pub publishers: usize,
     pub subscribers: usize,
     pub layout: Layout,
@@ -334,7 +337,7 @@ async fn connect_all(
         set.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let opts = ConnOpts {
-                addr: p.addr,
+                addr: if subscriber { p.sub_addr } else { p.addr },
                 source: None,
                 client_id: if subscriber {
                     format!("bench-sub-{k}")
