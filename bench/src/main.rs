@@ -266,8 +266,8 @@ async fn run(cli: &Cli) -> Result<report::Report> {
             qos: QoS::AtLeastOnce,
             persistent: true,
             note: Some(
-                "persistent session (Clean Session 0); ferromq's durability store is not merged yet, \
-                 so its sessions are in memory"
+                "persistent session (Clean Session 0): with ferromq's persistence on, every \
+                 delivery is stored in sled before it is acknowledged (strict durability)"
                     .into(),
             ),
             ..base
