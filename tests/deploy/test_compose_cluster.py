@@ -176,7 +176,14 @@ def test_docker_kill_of_a_node_under_qos1_load_and_its_return(healthy):
     c.wait_cluster(NODES, members=3, timeout=90)
     back = time.monotonic() - restart_at
     assert c.status(victim)["node_id"] == victim_id, "same node (same volume) after the restart"
-    assert "written-while-down" in c.ctl(victim, "retained", "get", kept).stdout
+    # Through MQTT (SUBSCRIBE takes a read barrier) it is there at once ...
+    sub = connect(c.mqtt(victim), protocol=5)
+    sub.subscribe(kept, 1)
+    assert sub.wait_message(topic=kept, timeout=10).payload == b"written-while-down"
+    sub.stop()
+    # ... and in the node's own store (the admin API reads it without a barrier) soon.
+    wait_for(lambda: "written-while-down" in c.ctl(victim, "retained", "get", kept, check=False).stdout,
+             20, "the retained write applied on the returned node")
     r1, r2 = load_cross.stop(), load_local.stop()
     print(f"killed {victim} (leader); new leader after {elected:.2f} s; back and ready {back:.1f} s after start; "
           f"cross: acked {r1['acked']} received {r1['received']} dups {r1['duplicates']} "
@@ -228,12 +235,14 @@ def test_partition_with_docker_network_disconnect(healthy):
     wait_for(lambda: c.ready_inside(victim), 60, f"{victim} ready again after healing", 0.3)
     healed = time.monotonic() - heal_at
     c.wait_cluster(NODES, members=3, timeout=60)
-    assert "majority-write" in c.ctl(victim, "retained", "get", topic).stdout
-    # And over MQTT through its (new) published port.
+    # Over MQTT through its (new) published port (SUBSCRIBE takes a read barrier) ...
     sub = connect(c.mqtt(victim), protocol=5)
     sub.subscribe(topic, 1)
     assert sub.wait_message(topic=topic, timeout=10).payload == b"majority-write"
     sub.stop()
+    # ... and in its own store (admin API, no barrier).
+    wait_for(lambda: "majority-write" in c.ctl(victim, "retained", "get", topic, check=False).stdout,
+             20, "the majority's write applied on the healed node")
     print(f"partitioned {victim} (leader): /readyz 503 after {not_ready_after:.1f} s; "
           f"healed and ready {healed:.1f} s after reconnect; it serves the majority's write")
 
