@@ -203,6 +203,7 @@ class Roamer:
         self.client = Client(None, self.client_id, 5, clean=not self.persistent,
                              session_expiry=600 if self.persistent else None, keepalive=10)
         self.lock = threading.Lock()
+        self._seen = 0
 
     @property
     def service(self) -> str:
@@ -222,6 +223,7 @@ class Roamer:
             if port is not None:
                 self.client.broker = Endpoint("127.0.0.1", port)
                 try:
+                    self._seen = len(self.client.disconnects)
                     ack = self.client.connect(5.0)
                     reason = self.client.disconnects[-1].reason_code if self.client.disconnects else None
                     self.history.append((svc, ack.session_present, reason))
@@ -234,9 +236,14 @@ class Roamer:
                 raise TimeoutError(f"{self.client_id}: no node of {self.services} accepted a connection")
             time.sleep(0.2)
 
+    def alive(self) -> bool:
+        # paho's is_connected() can stay True after a server DISCONNECT (seen with
+        # DISCONNECT 0x8B): a recorded disconnect since our CONNECT counts too.
+        return self.client.is_connected() and len(self.client.disconnects) == self._seen
+
     def ensure_connected(self):
         with self.lock:
-            if not self.client.is_connected():
+            if not self.alive():
                 self.connect(advance=True)
 
     def stop(self):
@@ -300,7 +307,7 @@ class QoS1Load:
                 self.errors.append(f"{type(e).__name__}: {e}"[:200])
                 try:
                     with self.pub.lock:
-                        if self.pub.client.is_connected():
+                        if self.pub.client._paho is not None:
                             self.pub.client.close_abruptly()
                         self.pub.connect(advance=True)
                 except Exception as e2:  # noqa: BLE001
