@@ -36,9 +36,11 @@ def config():
 
 def test_three_nodes_with_the_statefulset_peer_names(config):
     services = config["services"]
-    assert sorted(services) == ["ferromq-0", "ferromq-1", "ferromq-2"]
+    # ferromq-3 and ferromq-4 are in the "scale" profile (replicaCount=5 in the chart).
+    assert sorted(services) == [f"ferromq-{i}" for i in range(5)]
+    assert [services[f"ferromq-{i}"].get("profiles") for i in range(5)] == [None, None, None, ["scale"], ["scale"]]
     seeds = "ferromq-0.ferromq-headless:7946,ferromq-1.ferromq-headless:7946,ferromq-2.ferromq-headless:7946"
-    for i in range(3):
+    for i in range(5):
         s = services[f"ferromq-{i}"]
         name = f"ferromq-{i}.ferromq-headless"
         assert s["hostname"] == f"ferromq-{i}"
@@ -63,8 +65,11 @@ def test_same_cluster_variables_and_drain_time_as_the_chart(config):
                    "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT"}  # optional in the chart
     env = config["services"]["ferromq-1"]["environment"]
     compose_vars = {k for k in env if k.startswith("FERROMQ_CLUSTER_")}
-    # The chart puts the bootstrap setting in each node's file, Compose in its env.
-    assert compose_vars - {"FERROMQ_CLUSTER_BOOTSTRAP"} == chart_vars
+    # The chart puts the bootstrap setting in each node's file, Compose in its env;
+    # Compose always sets the leader-lost timeout (the broker's default unless overridden).
+    assert compose_vars - {"FERROMQ_CLUSTER_BOOTSTRAP", "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT"} == chart_vars
+    assert env["FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT"] == "10s"
+    assert env["FERROMQ_PERSISTENCE_ENABLED"] == "true"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     grace = config["services"]["ferromq-0"]["stop_grace_period"]
     assert grace == f"{values['drain']['terminationGracePeriodSeconds']}s"
