@@ -1098,9 +1098,17 @@ impl Broker {
     pub fn end_older_connection(&self, from: u64, client_id: &str, connected_at_ms: u64) {
         let id = ByteString::from(client_id);
         let Some(session) = self.shared.sessions.lock().get(&id).cloned() else {
+            tracing::debug!(client_id, node = from, "connect announced: no session here");
             return;
         };
         let link = session.lock().link.clone();
+        tracing::debug!(
+            client_id,
+            node = from,
+            connected_at_ms,
+            online = link.is_some(),
+            "connect announced"
+        );
         match link {
             Some(link) => {
                 let since = link

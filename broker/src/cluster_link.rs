@@ -187,6 +187,7 @@ pub async fn before_open(
             }
         }
     } else {
+        tracing::debug!(client_id = %client_id, "clean session: announcing the connect to the other nodes");
         cluster.announce_connect(client_id, codec::now_unix_ms());
         if let Some(owner) = cluster.session_owner(client_id).filter(|o| *o != me) {
             // A persistent session of this id lives elsewhere: a clean start ends it.

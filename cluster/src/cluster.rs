@@ -518,7 +518,11 @@ impl Cluster {
             .lock()
             .is_some_and(|t| t.elapsed() < inner.leader_lost_timeout);
         let m = inner.raft.metrics().borrow_watched().clone();
-        fresh && m.last_applied.map(|l| l.index) >= m.local_committed.map(|l| l.index)
+        // The data plane has a channel to every other member (forwarding, handover
+        // and connect announcements reach them all).
+        let members = m.membership_config.membership().nodes().count();
+        let linked = inner.peers.ids().len() + 1 >= members;
+        fresh && linked && m.last_applied.map(|l| l.index) >= m.local_committed.map(|l| l.index)
     }
 
     pub async fn leave(&self) -> Result<(), ClusterError> {

@@ -259,6 +259,11 @@ impl PeerPlane {
     /// `connected_at_ms` (unix ms). Fire and forget; bounded per peer (see `announce`).
     pub fn announce_connect(&self, client_id: &str, connected_at_ms: u64) {
         let peers = self.inner.peers.read();
+        tracing::debug!(
+            client_id,
+            peers = peers.len(),
+            "announcing a clean-session connect"
+        );
         for link in peers.values() {
             let a = pb::Announcement {
                 client_id: client_id.to_owned(),
