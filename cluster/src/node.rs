@@ -258,14 +258,27 @@ impl Inner {
         // (reference/stack.md 1.5): wait for that, then retry briefly on InProgress.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.member(req.node_id).as_ref() == Some(&member) {
+            let current = self.member(req.node_id);
+            if current.as_ref() == Some(&member) {
                 break;
             }
-            match self
-                .raft
-                .add_learner(req.node_id, member.clone(), true)
-                .await
-            {
+            let res = if current.is_some() {
+                // A member whose addresses changed (restart elsewhere): same node id,
+                // same log, so replacing its record is safe (AddNodes never replaces).
+                let nodes = [(req.node_id, member.clone())].into_iter().collect();
+                let set = openraft::ChangeMembers::SetNodes(nodes);
+                tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.change_membership(set, false))
+                    .await
+            } else {
+                // Blocks until the learner caught up; bounded (the joiner retries).
+                let add = self.raft.add_learner(req.node_id, member.clone(), true);
+                tokio::time::timeout(Duration::from_secs(25), add).await
+            };
+            let res = match res {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("membership change timed out".to_string()),
+            };
+            match res {
                 Ok(_) => break,
                 Err(e) => {
                     if Instant::now() > deadline {
