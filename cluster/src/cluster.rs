@@ -525,7 +525,15 @@ impl Cluster {
         fresh && linked && m.last_applied.map(|l| l.index) >= m.local_committed.map(|l| l.index)
     }
 
+    /// Asks the leader to remove this node; a leader first hands leadership over, so
+    /// the removal (and the cleanup of its routes) is driven by a node that stays.
+    /// Call `shutdown()` afterwards.
     pub async fn leave(&self) -> Result<(), ClusterError> {
+        if self.inner.current_leader() == Some(self.inner.id)
+            && let Err(e) = self.transfer_leadership().await
+        {
+            tracing::warn!(error = %e, "leadership transfer before leaving failed");
+        }
         self.remove(self.inner.id).await
     }
 
@@ -628,9 +636,13 @@ impl Cluster {
         // The data plane's long-lived streams would keep the gRPC server waiting.
         self.plane.shutdown();
         inner.stop.cancel();
-        if let Err(e) = inner.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+        tracing::debug!(id = inner.id, "shutting down raft");
+        match tokio::time::timeout(Duration::from_secs(5), inner.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+            Err(_) => tracing::warn!("raft shutdown did not finish within 5 s"),
         }
+        tracing::debug!(id = inner.id, "raft stopped; stopping tasks");
         let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
         for mut t in tasks {
             // The server's graceful shutdown waits for open streams: bounded, then aborted.

@@ -35,6 +35,8 @@ use crate::raft::{Applied, Cmd, Member, Raft};
 
 /// Deadline of one proposal (including leader changes on the way).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one membership change (joint consensus, two commits).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of one RPC to the leader.
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -118,14 +120,14 @@ impl Inner {
                 return Err(ClusterError::NotMember);
             }
             match self.leader_target() {
-                Ok(Target::Local) => match self.raft.client_write(Cmd(cmd.clone())).await {
+                Ok(Target::Local) => match self.write_local(cmd.clone()).await {
                     Ok(r) => {
                         self.metrics
                             .proposal_latency
                             .observe(started.elapsed().as_secs_f64());
-                        return Ok((r.log_id.index, r.data));
+                        return Ok(r);
                     }
-                    Err(e) => last = ClusterError::Rpc(e.to_string()),
+                    Err(e) => last = e,
                 },
                 Ok(Target::Remote(mut client)) => {
                     let req = pb::ProposeRequest {
@@ -160,23 +162,27 @@ impl Inner {
 
     /// `Propose` RPC: only the leader writes.
     pub async fn propose_local(&self, cmd: pb::Command) -> Result<(u64, Applied), Status> {
-        let r = self
-            .raft
-            .client_write(Cmd(cmd))
-            .await
-            .map_err(unavailable)?;
-        Ok((r.log_id.index, r.data))
+        self.write_local(cmd).await.map_err(unavailable)
+    }
+
+    /// `client_write` on this node, bounded: an entry appended by a leader that is
+    /// deposed (or removed itself) meanwhile may never get an answer.
+    async fn write_local(&self, cmd: pb::Command) -> Result<(u64, Applied), ClusterError> {
+        match tokio::time::timeout(RPC_TIMEOUT, self.raft.client_write(Cmd(cmd))).await {
+            Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
+            Ok(Err(e)) => Err(ClusterError::Rpc(e.to_string())),
+            Err(_) => Err(ClusterError::Timeout),
+        }
     }
 
     /// `ReadIndex` RPC: the leader confirms its leadership with a quorum and returns
     /// the index reads must wait for.
     pub async fn read_index_local(&self) -> Result<u64, Status> {
-        let r = self
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-            .map_err(unavailable)?;
-        Ok(r.index())
+        let call = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(RPC_TIMEOUT, call).await {
+            Ok(r) => Ok(r.map_err(unavailable)?.index()),
+            Err(_) => Err(Status::deadline_exceeded("read index timed out")),
+        }
     }
 
     /// A read index from the leader (one round, with retries until the deadline).
@@ -225,7 +231,14 @@ impl Inner {
     /// Followers forward once to the leader.
     pub async fn handle_join(&self, req: pb::JoinRequest) -> Result<pb::JoinResponse, Status> {
         match self.leader_target().map_err(unavailable)? {
-            Target::Remote(mut c) => Ok(c.join(req).await?.into_inner()),
+            Target::Remote(mut c) => {
+                match tokio::time::timeout(Duration::from_secs(30), c.join(req)).await {
+                    Ok(r) => Ok(r?.into_inner()),
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "join forwarded to the leader timed out",
+                    )),
+                }
+            }
             Target::Local => self.join_local(req).await,
         }
     }
@@ -245,14 +258,27 @@ impl Inner {
         // (reference/stack.md 1.5): wait for that, then retry briefly on InProgress.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.member(req.node_id).as_ref() == Some(&member) {
+            let current = self.member(req.node_id);
+            if current.as_ref() == Some(&member) {
                 break;
             }
-            match self
-                .raft
-                .add_learner(req.node_id, member.clone(), true)
-                .await
-            {
+            let res = if current.is_some() {
+                // A member whose addresses changed (restart elsewhere): same node id,
+                // same log, so replacing its record is safe (AddNodes never replaces).
+                let nodes = [(req.node_id, member.clone())].into_iter().collect();
+                let set = openraft::ChangeMembers::SetNodes(nodes);
+                tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.change_membership(set, false))
+                    .await
+            } else {
+                // Blocks until the learner caught up; bounded (the joiner retries).
+                let add = self.raft.add_learner(req.node_id, member.clone(), true);
+                tokio::time::timeout(Duration::from_secs(25), add).await
+            };
+            let res = match res {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("membership change timed out".to_string()),
+            };
+            match res {
                 Ok(_) => break,
                 Err(e) => {
                     if Instant::now() > deadline {
@@ -290,23 +316,28 @@ impl Inner {
         if add.is_empty() {
             return;
         }
-        match self
+        let change = self
             .raft
-            .change_membership(openraft::ChangeMembers::AddVoterIds(add.clone()), false)
-            .await
-        {
-            Ok(_) => tracing::info!(?add, "promoted learners to voters"),
-            Err(e) => tracing::debug!(error = %e, "promotion deferred"),
+            .change_membership(openraft::ChangeMembers::AddVoterIds(add.clone()), false);
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
+            Ok(Ok(_)) => tracing::info!(?add, "promoted learners to voters"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "promotion deferred"),
+            Err(_) => tracing::debug!("promotion timed out"),
         }
     }
 
     /// `Remove` RPC; followers forward once to the leader.
     pub async fn handle_remove(&self, node: NodeId) -> Result<pb::RemoveResponse, Status> {
         match self.leader_target().map_err(unavailable)? {
-            Target::Remote(mut c) => Ok(c
-                .remove(pb::RemoveRequest { node_id: node })
-                .await?
-                .into_inner()),
+            Target::Remote(mut c) => {
+                let call = c.remove(pb::RemoveRequest { node_id: node });
+                match tokio::time::timeout(Duration::from_secs(30), call).await {
+                    Ok(r) => Ok(r?.into_inner()),
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "remove forwarded to the leader timed out",
+                    )),
+                }
+            }
             Target::Local => {
                 self.remove_local(node).await.map_err(unavailable)?;
                 Ok(pb::RemoveResponse {})
@@ -327,22 +358,29 @@ impl Inner {
         if let Some(change) = change {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                match self.raft.change_membership(change.clone(), false).await {
+                let call = self.raft.change_membership(change.clone(), false);
+                let res = match tokio::time::timeout(MEMBERSHIP_TIMEOUT, call).await {
+                    Ok(r) => r.map_err(|e| ClusterError::Rpc(e.to_string())),
+                    Err(_) => Err(ClusterError::Timeout),
+                };
+                match res {
                     Ok(_) => break,
                     Err(e) if Instant::now() < deadline => {
                         tracing::debug!(error = %e, node, "remove retry");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Err(e) => return Err(ClusterError::Rpc(e.to_string())),
+                    Err(e) => return Err(e),
                 }
             }
         }
+        tracing::debug!(node, "membership without the node committed");
         // Its routes, shared memberships and sessions go with it.
         let forget = pb::Command {
             version: crate::raft::state::VERSION,
             kind: Some(pb::command::Kind::NodeForget(pb::NodeForget { node })),
         };
         self.propose(forget).await?;
+        tracing::debug!(node, "node forgotten");
         self.peers.remove(node);
         self.promote().await;
         tracing::info!(node, "node removed");

@@ -73,6 +73,11 @@ impl Peers {
         Ok(ch)
     }
 
+    /// The current channel of `id` (follows address changes made by the watcher).
+    pub fn cached(&self, id: NodeId) -> Option<Channel> {
+        self.map.read().get(&id).map(|(_, c)| c.clone())
+    }
+
     /// Drops the channel of a node that left the membership.
     pub fn remove(&self, id: NodeId) {
         self.map.write().remove(&id);

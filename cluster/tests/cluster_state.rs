@@ -199,14 +199,19 @@ async fn leader_failover_and_restart_from_disk() {
     let old_id = old.cluster.node_id();
     let addr = old.cluster.grpc_addr();
     drop(old);
-    // Same address: members dial the address recorded in the membership.
-    let back = start(
-        &dir,
-        Spec {
-            listen: Some(addr),
-            ..Default::default()
-        },
-    )
+    // On another port: the node sends its new address to the leader, which updates
+    // its member record and replicates to it again.
+    let back = start(&dir, Spec::default()).await;
+    assert_ne!(back.cluster.grpc_addr(), addr);
+    let new_addr = back.cluster.grpc_addr().to_string();
+    wait_until("member record updated", T, || {
+        nodes[0]
+            .cluster
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == old_id && m.addr == new_addr)
+    })
     .await;
     assert_eq!(back.cluster.node_id(), old_id, "node id persisted");
     back.cluster.read_barrier().await.unwrap();

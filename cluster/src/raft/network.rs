@@ -42,6 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         Connection {
             me: self.me,
             target,
+            peers: self.peers.clone(),
             client: self
                 .peers
                 .get(target, &node.addr)
@@ -55,6 +56,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct Connection {
     me: NodeId,
     target: NodeId,
+    /// Looked up on every call: openraft keeps a connection across a change of the
+    /// peer's address (member record updated after a restart elsewhere), the
+    /// registry follows the membership.
+    peers: Arc<Peers>,
     client: Result<RaftClient<Channel>, String>,
 }
 
@@ -77,6 +82,9 @@ fn status_err(s: tonic::Status) -> RpcErr {
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, RpcErr> {
+        if let Some(ch) = self.peers.cached(self.target) {
+            return Ok(RaftClient::new(ch));
+        }
         self.client.clone().map_err(unreachable)
     }
 
