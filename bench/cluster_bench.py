@@ -126,44 +126,61 @@ async def connect_rate(node, n: int, clean: bool, concurrency: int = 64) -> floa
     return rate
 
 
-async def subscribe_churn(nodes, per_node: int) -> tuple[float, float]:
-    """Returns (SUBACKed subscriptions/s, subscriptions/s until replicated)."""
+async def subscribe_churn(nodes, per_node: int, per_conn: int = 1000) -> tuple[float, float]:
+    """Returns (SUBACKed subscriptions/s, subscriptions/s until replicated). Each
+    connection subscribes `per_conn` fresh filters (limits.max_subscriptions_per_client
+    is 1,000 by default), pipelined; every node gets `per_node`."""
     tag = os.urandom(3).hex()
-    clients = [await mqtt_connect(*hostport(n), f"churn-{tag}-{k}") for k, n in enumerate(nodes)]
+    conns = []  # (node index, reader, writer, filters)
+    for k, n in enumerate(nodes):
+        for c in range(max(1, per_node // per_conn)):
+            r, w = await mqtt_connect(*hostport(n), f"churn-{tag}-{k}-{c}")
+            conns.append((k, r, w, [f"churn/{tag}/{k}/{c}/{i}" for i in range(per_conn)]))
     t0 = time.monotonic()
 
-    async def run(k, reader, writer):
-        for i in range(per_node):
-            pid = i % 65535 + 1
-            writer.write(_packet(0x82, struct.pack(">H", pid) + _s(f"churn/{tag}/{k}/{i}") + b"\x00"))
+    async def run(reader, writer, filters):
+        for i, f in enumerate(filters):
+            writer.write(_packet(0x82, struct.pack(">H", i % 65535 + 1) + _s(f) + b"\x00"))
         got = 0
-        while got < per_node:
-            first, _ = await read_packet(reader)
+        while got < len(filters):
+            first, body = await read_packet(reader)
             if first >> 4 == 9:
+                assert body[-1] != 0x80, "subscription refused"
                 got += 1
 
-    await asyncio.gather(*(run(k, r, w) for k, (r, w) in enumerate(clients)))
+    await asyncio.gather(*(run(r, w, f) for _, r, w, f in conns))
     acked = time.monotonic() - t0
-    # Replicated: a publish on the next node to each client's last filter arrives.
-    pub = [await mqtt_connect(*hostport(n), f"churnpub-{tag}-{k}") for k, n in enumerate(nodes)]
+    # Replicated: a publish on the next node to each connection's last filter arrives.
+    pubs = [await mqtt_connect(*hostport(n), f"churnpub-{tag}-{k}") for k, n in enumerate(nodes)]
+    arrived = [asyncio.Event() for _ in conns]
 
-    async def probe(k):
-        reader, _ = clients[k]
-        _, w = pub[(k + 1) % len(nodes)]
-        topic = f"churn/{tag}/{k}/{per_node - 1}"
+    async def watch(j):
+        reader = conns[j][1]
         while True:
-            w.write(_packet(0x30, _s(topic) + b"probe"))
+            first, _ = await read_packet(reader)
+            if first >> 4 == 3:
+                arrived[j].set()
+                return
+
+    async def probe(j):
+        k, _, _, filters = conns[j]
+        w = pubs[(k + 1) % len(nodes)][1]
+        while not arrived[j].is_set():
+            w.write(_packet(0x30, _s(filters[-1]) + b"probe"))
             try:
-                first, _ = await asyncio.wait_for(read_packet(reader), 0.05)
-                if first >> 4 == 3:
-                    return
+                await asyncio.wait_for(arrived[j].wait(), 0.05)
             except asyncio.TimeoutError:
                 continue
 
-    await asyncio.gather(*(probe(k) for k in range(len(nodes))))
+    watchers = [asyncio.create_task(watch(j)) for j in range(len(conns))]
+    await asyncio.gather(*(probe(j) for j in range(len(conns))))
     replicated = time.monotonic() - t0
-    total = per_node * len(nodes)
-    for _, w in clients + pub:
+    for t in watchers:
+        t.cancel()
+    total = sum(len(f) for *_, f in conns)
+    for _, _, w, _ in conns:
+        w.close()
+    for _, w in pubs:
         w.close()
     return total / acked, total / replicated
 
