@@ -237,6 +237,8 @@ impl Server {
         };
         options.leader_lost_timeout = c.leader_lost_timeout;
         options.forward_queue = c.forward_queue;
+        options.remove_departed_after =
+            (!c.remove_departed_after.is_zero()).then_some(c.remove_departed_after);
         let node = Arc::new(crate::cluster_link::BrokerNode {
             broker: self.broker.clone(),
         });

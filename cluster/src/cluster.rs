@@ -156,6 +156,7 @@ impl Cluster {
             voters: opts.voters.max(1),
             meta: opts.meta.clone(),
             leader_lost_timeout: opts.leader_lost_timeout,
+            remove_departed_after: opts.remove_departed_after,
             local,
             refs: Mutex::new(Refs::default()),
             pending: Pending::default(),
@@ -728,6 +729,9 @@ async fn bootstrap(inner: Arc<Inner>, mode: Bootstrap, seeds: Vec<String>) {
 
 /// Follows Raft metrics: peer channels for members, leader freshness, gauges, node
 /// metadata, and (on the leader) learner promotion.
+/// How often the leader looks for departed members.
+const DEPARTED_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 async fn watch(inner: Arc<Inner>) {
     // A fixed 200 ms period rather than every metrics change: metrics change on every
     // applied entry, and this loop's cost must not scale with the write rate.
@@ -737,6 +741,8 @@ async fn watch(inner: Arc<Inner>) {
     let mut last_promote = Instant::now();
     let mut last_rejoin = Instant::now();
     let mut last_sweep = Instant::now();
+    let mut last_departed_check = Instant::now();
+    let mut departed: std::collections::HashMap<NodeId, Instant> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
@@ -841,6 +847,59 @@ async fn watch(inner: Arc<Inner>) {
                         tracing::debug!(error = %e, "retained expiry sweep deferred");
                     }
                 });
+            }
+        }
+        // Leader: remove members that departed for good: unreachable, and their
+        // address's host name stopped resolving (a scaled-down StatefulSet's pod, a
+        // removed container), for `remove_departed_after`.
+        if m.current_leader == Some(inner.id)
+            && let Some(after) = inner.remove_departed_after
+            && last_departed_check.elapsed() > DEPARTED_CHECK_EVERY
+        {
+            last_departed_check = Instant::now();
+            let heartbeat_fresh =
+                Duration::from_millis(inner.raft.config().election_timeout_max * 2);
+            let unreachable: Vec<(NodeId, String)> = membership
+                .nodes()
+                .filter(|(id, _)| **id != inner.id)
+                .filter(|(id, _)| {
+                    !m.heartbeat.as_ref().is_some_and(|hb| {
+                        hb.get(id)
+                            .and_then(|t| t.as_ref())
+                            .is_some_and(|t| t.elapsed() < heartbeat_fresh)
+                    })
+                })
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            departed.retain(|id, _| unreachable.iter().any(|(u, _)| u == id));
+            for (id, addr) in unreachable {
+                // A name that still resolves is a node that may come back (a restart,
+                // a partition): only a vanished DNS record counts as departure.
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::lookup_host(addr.as_str()),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        departed.remove(&id);
+                        continue;
+                    }
+                    Ok(Err(_)) => {}
+                    // A slow resolver proves nothing either way.
+                    Err(_) => continue,
+                }
+                let since = *departed.entry(id).or_insert_with(Instant::now);
+                if since.elapsed() >= after {
+                    departed.remove(&id);
+                    tracing::warn!(node = id, addr = %addr, gone_for = ?since.elapsed(), "removing a departed member (unreachable, its address no longer resolves)");
+                    let i = inner.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = i.handle_remove(id).await {
+                            tracing::warn!(node = id, status = %e, "cannot remove a departed member");
+                        }
+                    });
+                }
             }
         }
         // Leader: keep the voter count at its target.

@@ -57,6 +57,8 @@ pub struct Inner {
     pub voters: usize,
     pub meta: NodeMeta,
     pub leader_lost_timeout: Duration,
+    /// See `ClusterOptions::remove_departed_after`.
+    pub remove_departed_after: Option<Duration>,
     // PEER PLANE: the data plane delivers forwarded batches through it.
     #[allow(dead_code)]
     pub local: Arc<dyn LocalNode>,

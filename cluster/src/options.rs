@@ -79,6 +79,10 @@ pub struct ClusterOptions {
     pub meta: NodeMeta,
     /// `is_ready()` turns false after this long without a known leader.
     pub leader_lost_timeout: Duration,
+    /// Leader side: remove a member that has been unreachable, with an address whose
+    /// host name no longer resolves, for this long (a StatefulSet scaled down: the
+    /// pod's DNS record goes with it). `None`: never (remove with `ctl cluster remove`).
+    pub remove_departed_after: Option<Duration>,
     /// Per-peer bounded queue of forwarded messages (data plane).
     pub forward_queue: usize,
     /// Raft timing (not in the original spec: tests need short timeouts).
@@ -99,6 +103,7 @@ impl ClusterOptions {
             tls: None,
             meta: NodeMeta::default(),
             leader_lost_timeout: Duration::from_secs(10),
+            remove_departed_after: None,
             forward_queue: 65_536,
             raft: RaftTuning::default(),
         }

@@ -582,6 +582,10 @@ pub(crate) static KEYS: &[KeySpec] = &[
         "PEM certificate chain this node presents on the cluster port."),
     key!("cluster", "key_file", cluster.key_file: Option<PathBuf>, None,
         "PEM private key of cluster.cert_file."),
+    key!("cluster", "remove_departed_after", cluster.remove_departed_after: Duration, None,
+        "Leader side: remove a member that has been unreachable, with an address whose\n\
+         host name no longer resolves, for this long (a StatefulSet scaled down). 0: never;\n\
+         remove by hand with `ferromq ctl cluster remove ID`."),
     key!("cluster", "forward_queue", cluster.forward_queue: usize, None,
         "Messages queued per peer for forwarding. Overflow: QoS 0 is dropped and\n\
          counted; QoS 1/2 is refused to the publisher (v5 0x97), never lost silently."),

@@ -581,6 +581,9 @@ pub struct ClusterConfig {
     /// Messages queued per peer on the data plane. Overflow: QoS 0 dropped and
     /// counted; QoS 1/2 refused back to the publisher (v5 0x97) rather than lost.
     pub forward_queue: usize,
+    /// The leader removes a member that has been unreachable, with a host name that
+    /// no longer resolves, for this long (scale-down). Zero: never. Default 0.
+    pub remove_departed_after: Duration,
 }
 
 impl ClusterConfig {
@@ -609,6 +612,7 @@ impl Default for ClusterConfig {
             cert_file: None,
             key_file: None,
             forward_queue: 65_536,
+            remove_departed_after: Duration::ZERO,
         }
     }
 }

@@ -176,6 +176,7 @@ ca_file = "/etc/ferromq/cluster/ca.pem"
 cert_file = "/etc/ferromq/cluster/tls.crt"
 key_file = "/etc/ferromq/cluster/tls.key"
 forward_queue = 1000
+remove_departed_after = "2m"
 
 [sys]
 interval = 0
@@ -298,6 +299,7 @@ fn full_config() -> Config {
             cert_file: Some("/etc/ferromq/cluster/tls.crt".into()),
             key_file: Some("/etc/ferromq/cluster/tls.key".into()),
             forward_queue: 1000,
+            remove_departed_after: Duration::from_secs(120),
         },
         notes: vec![],
     }
