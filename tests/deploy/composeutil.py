@@ -61,6 +61,7 @@ class ComposeCluster:
             "FERROMQ_NETWORK": self.network,
             "FERROMQ_HTTP_TOKEN": TOKEN,
             "FERROMQ_CLUSTER_LEADER_LOST_TIMEOUT": "3s",
+            "FERROMQ_CLUSTER_REMOVE_DEPARTED_AFTER": "5s",
         }
         self._cids: dict[str, str] = {}
 
