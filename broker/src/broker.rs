@@ -479,6 +479,9 @@ impl Broker {
             if let Some(delay) = will_delay {
                 let at = start + Duration::from_secs(u64::from(delay.min(expiry_interval)));
                 tokio::select! {
+                    // Shutting down: the timer's state is on disk (will deadline, offline
+                    // time) and restarts from there; waiting would hold the drain up.
+                    _ = broker.shutdown_token().cancelled() => return,
                     _ = tokio::time::sleep_until(at) => {
                         let will = session.lock().pending_will.take();
                         if let Some(will) = will {
@@ -498,6 +501,7 @@ impl Broker {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => broker.expire_session(&session),
                 _ = cancel.cancelled() => {}
+                _ = broker.shutdown_token().cancelled() => {}
             }
         });
     }
