@@ -367,7 +367,12 @@ where
         retained_barrier: None,
         accepted,
         identity,
-        throttle: PublishThrottle::new(&broker.config().limits, Instant::now()),
+        throttle: Some(PublishThrottle::new(
+            &broker.config().limits,
+            Instant::now(),
+        ))
+        .filter(PublishThrottle::is_active)
+        .map(Box::new),
         quota_logged: false,
     };
     conn.encode(&Packet::ConnAck(ack));
@@ -603,7 +608,8 @@ struct Connection {
     /// Who logged in, for ACL checks.
     identity: Identity,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
-    throttle: PublishThrottle,
+    /// Boxed, and only when a rate is configured: most connections have none.
+    throttle: Option<Box<PublishThrottle>>,
     /// The subscription quota refusal was logged for this connection.
     quota_logged: bool,
 }
@@ -680,10 +686,9 @@ impl Connection {
             let spare = (rbuf.capacity() - rbuf.len()).max(64);
             // Publish rate limit: while in debt, do not read the socket (TCP flow control
             // then slows the client down); deliveries to it go on.
-            let pause = if self.throttle.is_active() {
-                self.throttle.pause(Instant::now())
-            } else {
-                Duration::ZERO
+            let pause = match &mut self.throttle {
+                Some(throttle) => throttle.pause(Instant::now()),
+                None => Duration::ZERO,
             };
             let paused = !pause.is_zero();
             if paused && !was_paused {
@@ -693,6 +698,11 @@ impl Connection {
             was_paused = paused;
             // Rare: the timer is allocated only while a pause runs.
             let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
+            // Only while acknowledgements wait for the disk (strict durability, where
+            // the flush costs far more than the allocation): boxed, so that its
+            // state is not in every connection's future.
+            let flush_wait = (!self.gated.is_empty() && self.flushed.is_some())
+                .then(|| Box::pin(wait_flushed(&mut self.flushed)));
             tokio::select! {
                 biased;
                 _ = kicked.as_mut() => return self.kicked(stream, &mut rbuf, max_in),
@@ -738,7 +748,7 @@ impl Connection {
                     // comes meanwhile is kept as a permit, so none is lost).
                     work.set(session.work_notified());
                 }
-                _ = wait_flushed(&mut self.flushed), if !self.gated.is_empty() => {}
+                _ = boxed_opt(flush_wait), if !self.gated.is_empty() => {}
                 _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
                     self.retained_barrier = None;
                 }
@@ -785,7 +795,11 @@ impl Connection {
                     // Publish rate limit: once in debt, the rest of the buffer waits
                     // too (the read loop processes it after the pause), so one large
                     // read cannot carry a burst past the limit.
-                    if self.throttle.is_active() && !self.throttle.pause(Instant::now()).is_zero() {
+                    if self
+                        .throttle
+                        .as_mut()
+                        .is_some_and(|t| !t.pause(Instant::now()).is_zero())
+                    {
                         return Ok(());
                     }
                 }
@@ -961,8 +975,8 @@ impl Connection {
                 ),
             ));
         }
-        if self.throttle.is_active() {
-            self.throttle.charge(p.payload.len(), Instant::now());
+        if let Some(throttle) = &mut self.throttle {
+            throttle.charge(p.payload.len(), Instant::now());
         }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
@@ -1434,8 +1448,11 @@ impl Connection {
                 Stats::add(&self.broker.stats().dropped_expired, expired);
             }
         }
-        let mut generations = vec![None; batch.len()];
+        // Only a persistent session has store generations to wait for: a clean one
+        // allocates nothing here per wake-up.
+        let mut generations = Vec::new();
         if let Some(store) = &self.store {
+            generations.resize(batch.len(), None);
             // Record which packet id each stored delivery went out with, so a restart
             // resends it as a DUP with the same id.
             for (out, generation) in batch.iter().zip(generations.iter_mut()) {
@@ -1470,8 +1487,9 @@ impl Connection {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }
-        for (out, generation) in batch.drain(..).zip(generations) {
-            self.encode_outgoing(out, generation);
+        let mut generations = generations.into_iter();
+        for out in batch.drain(..) {
+            self.encode_outgoing(out, generations.next().flatten());
         }
         crate::fanout::return_outgoing(batch);
     }
@@ -1698,6 +1716,16 @@ fn describe(close: &Close) -> String {
         Close::Kicked(reason) => format!("kicked {reason}"),
         Close::Shutdown => "server shutting down".into(),
         Close::Storage => "cannot store a message (disk full or I/O error)".into(),
+    }
+}
+
+/// Awaits `fut` if there is one (never resolves otherwise).
+async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
+    match fut {
+        Some(f) => {
+            f.await;
+        }
+        None => std::future::pending().await,
     }
 }
 
