@@ -276,8 +276,8 @@ where
         info,
         connect,
         cfg,
-        accepted,
-        identity,
+        mut accepted,
+        mut identity,
         rbuf,
     } = phase;
     let peer = info.peer;
@@ -306,6 +306,11 @@ where
         Box::pin(send_refusal(&mut stream, connect.protocol, ack)).await;
         return None;
     }
+    // The decoded strings are slices of the CONNECT's read buffer: copies, so that
+    // the session and the login do not keep that whole buffer alive for the
+    // connection's life (~256 bytes per idle connection).
+    accepted.client_id = ByteString::from(&*accepted.client_id);
+    identity.username = identity.username.as_deref().map(ByteString::from);
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -654,6 +659,10 @@ impl Connection {
             && let Err(close) = self.process_input(&mut rbuf, max_in)
         {
             return close;
+        }
+        if rbuf.is_empty() {
+            // The CONNECT's buffer: freed until data comes (as after any small read).
+            rbuf = BytesMut::new();
         }
         loop {
             if let Err(close) = self.release_gated() {
