@@ -10,7 +10,9 @@
 #
 # Usage: bench/compare.sh [--reps N] [--duration S] [--warmup S] [--idle N]
 #                         [--scenarios "a b c"] [--brokers "ferromq mosquitto rumqttd"]
-#                         [--idle-wait S] [--out DIR]
+#                         [--idle-wait S] [--out DIR] [--baseline BIN]
+# --baseline BIN: an earlier ferromq binary, run as broker "ferromq-base" (list it in
+# --brokers) with the same settings, so an optimisation is measured A/B in one run.
 # Installs Mosquitto (apt) and rumqttd (cargo install rumqttd --version 0.20.0) when
 # missing. Raw JSON of every run lands in OUT (default target/bench-compare).
 set -euo pipefail
@@ -24,6 +26,7 @@ IDLE_WAIT=10
 BROKERS="ferromq mosquitto rumqttd"
 SCENARIOS="qos0-1to1 qos1-1to1 qos2-1to1 fanout-1to100 fanin-100to1 qos0-1to1/nagle fanin-100to1/nagle latency-5k persistent-qos1 idle-connections retained-100k"
 OUT=""
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS="$2"; shift 2 ;;
@@ -34,12 +37,16 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --brokers) BROKERS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+case " $BROKERS " in *" ferromq-base "*)
+    if [ ! -x "$BASELINE" ]; then echo "compare.sh: ferromq-base needs --baseline BIN" >&2; exit 2; fi ;;
+esac
 OUT="${OUT:-$TARGET/bench-compare}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
@@ -106,8 +113,10 @@ start_broker() { # broker port -> sets BROKER_PID
     local broker="$1" port="$2" dir="$WORK/$1-$2"
     mkdir -p "$dir"
     case "$broker" in
-        ferromq)
-            taskset -c 0 "$FERROMQ" --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+        ferromq|ferromq-base)
+            local bin="$FERROMQ"
+            if [ "$broker" = ferromq-base ]; then bin="$BASELINE"; fi
+            taskset -c 0 "$bin" --listen "127.0.0.1:$port" --data-dir "$dir/data" \
                 --log-level warn >"$dir/log" 2>&1 &
             ;;
         mosquitto)

@@ -134,17 +134,47 @@ impl From<SocketAddr> for ConnectionInfo {
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve<S>(mut stream: S, info: impl Into<ConnectionInfo>, broker: Broker)
+///
+/// Both phases are boxed, so the task itself holds little more than the socket: the
+/// CONNECT phase's state (the read, its timeout, the refusal paths) is freed once the
+/// CONNECT is accepted, and the connected phase is allocated only then. A task's
+/// future is sized for its largest state, for as long as the task lives: with the
+/// phases inline, every idle connection carried the CONNECT phase's bytes too.
+///
+/// The functions here build their boxed futures before the `async` block and pass
+/// values on by moving them into the next future: an `async fn` keeps its arguments
+/// in its state for its whole life (moved-out or not), and a named local lives to
+/// the end of its scope, so each of those would be bytes every idle connection pays.
+pub fn serve<S>(
+    stream: S,
+    info: impl Into<ConnectionInfo>,
+    broker: Broker,
+) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let info = info.into();
+    let connect = Box::pin(connect_phase(stream, info.into(), broker));
+    async move {
+        let Some((stream, phase, broker)) = connect.await else {
+            return;
+        };
+        serve_connected(stream, phase, broker).await;
+    }
+}
+
+/// Reads, authenticates and checks the CONNECT; `None` once the socket was refused
+/// (and answered where the protocol says so).
+async fn connect_phase<S>(
+    mut stream: S,
+    info: ConnectionInfo,
+    broker: Broker,
+) -> Option<(S, Connected, Broker)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let peer = info.peer;
     let mut rbuf = BytesMut::with_capacity(CONNECT_BUFFER);
-    let mut connect = match read_connect(&mut stream, &mut rbuf, peer, &broker).await {
-        Some(c) => c,
-        None => return,
-    };
+    let mut connect = read_connect(&mut stream, &mut rbuf, peer, &broker).await?;
     let cfg = broker.mqtt().clone();
     let anonymous_allowed = info.allow_anonymous.unwrap_or(cfg.allow_anonymous);
     let identity = match login(&broker, &mut connect, &info, anonymous_allowed) {
@@ -155,7 +185,7 @@ where
                 ..Default::default()
             };
             send_refusal(&mut stream, connect.protocol, ack).await;
-            return;
+            return None;
         }
     };
     let accepted = match handshake::accept(&connect, &cfg, &identity, broker.security()) {
@@ -170,12 +200,9 @@ where
             }
             let ack = handshake::refusal(connect.protocol, refused);
             send_refusal(&mut stream, connect.protocol, ack).await;
-            return;
+            return None;
         }
     };
-    // The connected phase is boxed: its state (the connection, its buffers, the read
-    // loop: ~24 KB) is allocated only once a CONNECT was accepted, so a socket that
-    // never sends one costs a small future (10,000 idle sockets in the abuse tests).
     let phase = Connected {
         info,
         connect,
@@ -184,7 +211,7 @@ where
         identity,
         rbuf,
     };
-    Box::pin(serve_connected(stream, phase, broker)).await;
+    Some((stream, phase, broker))
 }
 
 /// What the CONNECT phase of [`serve`] hands to the connected phase.
@@ -198,7 +225,50 @@ struct Connected {
 }
 
 /// Serves an accepted CONNECT: opens the session, sends CONNACK, runs the connection.
-async fn serve_connected<S>(mut stream: S, phase: Connected, broker: Broker)
+/// The returned future is boxed: it is allocated only once a CONNECT was accepted.
+fn serve_connected<S>(
+    stream: S,
+    phase: Connected,
+    broker: Broker,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = ()>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let open = Box::pin(open_connection(stream, phase, broker));
+    Box::pin(async move {
+        let Some(Opened {
+            mut stream,
+            mut conn,
+            rbuf,
+            will,
+            listener,
+            protocol,
+        }) = open.await
+        else {
+            return;
+        };
+        let close = conn.run(&mut stream, rbuf).await;
+        let reason = disconnect_reason(&close);
+        // Boxed: the closing steps (timeouts, the lingering read) run once, at the end.
+        Box::pin(conn.finish(&mut stream, close, will)).await;
+        let stats = conn.broker.stats();
+        stats.client_disconnected();
+        stats.connection_closed(&listener, protocol, reason);
+    })
+}
+
+/// What [`open_connection`] hands to the connection's loop.
+struct Opened<S> {
+    stream: S,
+    conn: Connection,
+    rbuf: BytesMut,
+    will: Option<PendingWill>,
+    listener: Arc<str>,
+    protocol: ProtocolVersion,
+}
+
+/// Opens (or takes over) the session and queues the CONNACK and the resends.
+async fn open_connection<S>(mut stream: S, phase: Connected, broker: Broker) -> Option<Opened<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -206,29 +276,41 @@ where
         info,
         connect,
         cfg,
-        accepted,
-        identity,
+        mut accepted,
+        mut identity,
         rbuf,
     } = phase;
     let peer = info.peer;
     let listener = info.listener.clone();
-    if let Err(e) = crate::cluster_link::before_open(
-        &broker,
-        &accepted.client_id,
-        accepted.clean_start,
-        accepted.session_expiry,
-    )
-    .await
-    {
+    // Boxed, and only on a cluster node: its gRPC calls would otherwise size every
+    // connection's future.
+    let claimed = match broker.cluster() {
+        Some(_) => {
+            Box::pin(crate::cluster_link::before_open(
+                &broker,
+                &accepted.client_id,
+                accepted.clean_start,
+                accepted.session_expiry,
+            ))
+            .await
+        }
+        None => Ok(()),
+    };
+    if let Err(e) = claimed {
         // No Raft leader reachable: a minority node does not take sessions over.
         tracing::warn!(client_id = %accepted.client_id, addr = %peer, error = %e, "connection refused: the cluster's session registry is unavailable");
         let ack = handshake::refusal(
             connect.protocol,
             handshake::Refused(ReasonCode::SERVER_UNAVAILABLE),
         );
-        send_refusal(&mut stream, connect.protocol, ack).await;
-        return;
+        Box::pin(send_refusal(&mut stream, connect.protocol, ack)).await;
+        return None;
     }
+    // The decoded strings are slices of the CONNECT's read buffer: copies, so that
+    // the session and the login do not keep that whole buffer alive for the
+    // connection's life (~256 bytes per idle connection).
+    accepted.client_id = ByteString::from(&*accepted.client_id);
+    identity.username = identity.username.as_deref().map(ByteString::from);
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -289,9 +371,13 @@ where
         retained_cursors: VecDeque::new(),
         retained_barrier: None,
         accepted,
-        cfg,
         identity,
-        throttle: PublishThrottle::new(&broker.config().limits, Instant::now()),
+        throttle: Some(PublishThrottle::new(
+            &broker.config().limits,
+            Instant::now(),
+        ))
+        .filter(PublishThrottle::is_active)
+        .map(Box::new),
         quota_logged: false,
     };
     conn.encode(&Packet::ConnAck(ack));
@@ -306,13 +392,14 @@ where
     // lifetime (it is ~440 bytes and pins part of the first read buffer).
     let protocol = connect.protocol;
     drop(connect);
-    let close = conn.run(&mut stream, rbuf).await;
-    let reason = disconnect_reason(&close);
-    conn.finish(&mut stream, close, will).await;
-    broker.stats().client_disconnected();
-    broker
-        .stats()
-        .connection_closed(&listener, protocol, reason);
+    Some(Opened {
+        stream,
+        conn,
+        rbuf,
+        will,
+        listener,
+        protocol,
+    })
 }
 
 /// Authenticates a CONNECT; on failure, counts and logs it (naming the address and
@@ -501,7 +588,8 @@ struct Connection {
     session: Arc<Session>,
     link: Link,
     accepted: Accepted,
-    cfg: ferromq_config::MqttConfig,
+    /// The MQTT settings are read from `broker.mqtt()` (shared, fixed for the
+    /// broker's life), not copied into every connection.
     /// Current Session Expiry Interval (a v5 DISCONNECT may change it).
     session_expiry: u32,
     /// Outbound in-flight window: min(client Receive Maximum, max_inflight_messages).
@@ -525,7 +613,8 @@ struct Connection {
     /// Who logged in, for ACL checks.
     identity: Identity,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
-    throttle: PublishThrottle,
+    /// Boxed, and only when a rate is configured: most connections have none.
+    throttle: Option<Box<PublishThrottle>>,
     /// The subscription quota refusal was logged for this connection.
     quota_logged: bool,
 }
@@ -550,14 +639,30 @@ impl Connection {
         let keep_alive = (self.accepted.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
         let far = Duration::from_secs(86_400 * 365);
+        // The keep-alive deadline moves with every packet received; the timer does not
+        // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
+        // was armed with and is re-armed then if the deadline has moved since.
         let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+        let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        // The other waits that last for the whole connection are created once too:
+        // each creation registers a waiter under a lock, each drop unregisters it.
+        let kick = self.link.kick.clone();
+        let mut kicked = std::pin::pin!(kick.cancelled());
+        let shutdown = self.broker.shutdown_token().clone();
+        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
+        let session = self.session.clone();
+        let mut work = std::pin::pin!(session.work_notified());
         let mut was_paused = false;
-        let max_in = self.cfg.max_packet_size as usize;
+        let max_in = self.broker.mqtt().max_packet_size as usize;
         // Anything that arrived together with the CONNECT.
         if !rbuf.is_empty()
             && let Err(close) = self.process_input(&mut rbuf, max_in)
         {
             return close;
+        }
+        if rbuf.is_empty() {
+            // The CONNECT's buffer: freed until data comes (as after any small read).
+            rbuf = BytesMut::new();
         }
         loop {
             if let Err(close) = self.release_gated() {
@@ -569,12 +674,13 @@ impl Connection {
                 // The flush matters for TLS and WebSocket streams, which may hold
                 // bytes back until flushed; on TCP it is a no-op.
                 let written = tokio::select! {
+                    biased;
                     r = async {
                         stream.write_all(&self.wbuf).await?;
                         stream.flush().await
                     } => r,
-                    _ = self.link.kick.cancelled() => return Close::Kicked(self.link.kick_reason()),
-                    _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
+                    _ = kicked.as_mut() => return Close::Kicked(self.link.kick_reason()),
+                    _ = shutting_down.as_mut() => return Close::Shutdown,
                 };
                 if let Err(e) = written {
                     return Close::Network(e.to_string());
@@ -589,10 +695,9 @@ impl Connection {
             let spare = (rbuf.capacity() - rbuf.len()).max(64);
             // Publish rate limit: while in debt, do not read the socket (TCP flow control
             // then slows the client down); deliveries to it go on.
-            let pause = if self.throttle.is_active() {
-                self.throttle.pause(Instant::now())
-            } else {
-                Duration::ZERO
+            let pause = match &mut self.throttle {
+                Some(throttle) => throttle.pause(Instant::now()),
+                None => Duration::ZERO,
             };
             let paused = !pause.is_zero();
             if paused && !was_paused {
@@ -600,11 +705,18 @@ impl Connection {
                 tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
             }
             was_paused = paused;
+            // Rare: the timer is allocated only while a pause runs.
+            let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
+            // Only while acknowledgements wait for the disk (strict durability, where
+            // the flush costs far more than the allocation): boxed, so that its
+            // state is not in every connection's future.
+            let flush_wait = (!self.gated.is_empty() && self.flushed.is_some())
+                .then(|| Box::pin(wait_flushed(&mut self.flushed)));
             tokio::select! {
                 biased;
-                _ = self.link.kick.cancelled() => return self.kicked(stream, &mut rbuf, max_in),
-                _ = self.broker.shutdown_token().cancelled() => return Close::Shutdown,
-                _ = tokio::time::sleep(pause), if paused => {
+                _ = kicked.as_mut() => return self.kicked(stream, &mut rbuf, max_in),
+                _ = shutting_down.as_mut() => return Close::Shutdown,
+                _ = sleep_opt(&mut pause_timer), if paused => {
                     // The client's PINGREQs waited unread in the socket: its keep alive
                     // starts again now.
                     deadline = deadline.max(tokio::time::Instant::now() + keep_alive.unwrap_or(far));
@@ -640,8 +752,12 @@ impl Connection {
                     }
                     Err(e) => return Close::Network(e.to_string()),
                 },
-                _ = self.session.wait_for_work() => {}
-                _ = wait_flushed(&mut self.flushed), if !self.gated.is_empty() => {}
+                _ = work.as_mut() => {
+                    // Fired: a fresh one for the next wake-up (a notification that
+                    // comes meanwhile is kept as a permit, so none is lost).
+                    work.set(session.work_notified());
+                }
+                _ = boxed_opt(flush_wait), if !self.gated.is_empty() => {}
                 _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
                     self.retained_barrier = None;
                 }
@@ -651,7 +767,12 @@ impl Connection {
                         front.failure = result.err();
                     }
                 }
-                _ = tokio::time::sleep_until(deadline), if !paused => return Close::KeepAlive,
+                _ = keep_alive_timer.as_mut(), if !paused => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Close::KeepAlive;
+                    }
+                    keep_alive_timer.as_mut().reset(deadline);
+                }
             }
         }
     }
@@ -683,7 +804,11 @@ impl Connection {
                     // Publish rate limit: once in debt, the rest of the buffer waits
                     // too (the read loop processes it after the pause), so one large
                     // read cannot carry a burst past the limit.
-                    if self.throttle.is_active() && !self.throttle.pause(Instant::now()).is_zero() {
+                    if self
+                        .throttle
+                        .as_mut()
+                        .is_some_and(|t| !t.pause(Instant::now()).is_zero())
+                    {
                         return Ok(());
                     }
                 }
@@ -844,13 +969,13 @@ impl Connection {
                 format!("invalid topic name: {e}"),
             ));
         }
-        if ferromq_topic::level_count(&topic) > self.cfg.max_topic_levels {
+        if ferromq_topic::level_count(&topic) > self.broker.mqtt().max_topic_levels {
             return Err(Close::protocol(
                 ReasonCode::TOPIC_NAME_INVALID,
                 "too many topic levels",
             ));
         }
-        if topic.len() > self.cfg.max_topic_length {
+        if topic.len() > self.broker.mqtt().max_topic_length {
             return Err(Close::protocol(
                 ReasonCode::TOPIC_NAME_INVALID,
                 format!(
@@ -859,8 +984,8 @@ impl Connection {
                 ),
             ));
         }
-        if self.throttle.is_active() {
-            self.throttle.charge(p.payload.len(), Instant::now());
+        if let Some(throttle) = &mut self.throttle {
+            throttle.charge(p.payload.len(), Instant::now());
         }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
@@ -868,20 +993,21 @@ impl Connection {
                 "PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]",
             ));
         }
-        if p.qos as u8 > self.cfg.max_qos {
+        if p.qos as u8 > self.broker.mqtt().max_qos {
             return Err(Close::protocol(
                 ReasonCode::QOS_NOT_SUPPORTED,
                 "QoS above the server's Maximum QoS [MQTT-3.2.2-11]",
             ));
         }
-        if p.retain && !self.cfg.retain_available {
+        if p.retain && !self.broker.mqtt().retain_available {
             return Err(Close::protocol(
                 ReasonCode::RETAIN_NOT_SUPPORTED,
                 "retain is not available [MQTT-3.2.2-14]",
             ));
         }
         let too_big = self
-            .cfg
+            .broker
+            .mqtt()
             .max_payload_size
             .is_some_and(|max| p.payload.len() > max as usize);
 
@@ -908,7 +1034,7 @@ impl Connection {
                     .session
                     .lock()
                     .delivery
-                    .on_incoming_qos2(p.packet_id, self.cfg.receive_maximum);
+                    .on_incoming_qos2(p.packet_id, self.broker.mqtt().receive_maximum);
                 match outcome {
                     IncomingQos2::New => !too_big,
                     IncomingQos2::Duplicate => false,
@@ -1160,8 +1286,8 @@ impl Connection {
                 }
             };
             if ferromq_topic::validate_topic_filter(bare).is_err()
-                || ferromq_topic::level_count(bare) > self.cfg.max_topic_levels
-                || filter.len() > self.cfg.max_topic_length
+                || ferromq_topic::level_count(bare) > self.broker.mqtt().max_topic_levels
+                || filter.len() > self.broker.mqtt().max_topic_length
             {
                 codes.push(self.subscribe_failure(ReasonCode::TOPIC_FILTER_INVALID));
                 continue;
@@ -1200,7 +1326,7 @@ impl Connection {
                 continue;
             }
             let mut granted_options = *options;
-            granted_options.qos = handshake::granted_qos(options.qos, self.cfg.max_qos);
+            granted_options.qos = handshake::granted_qos(options.qos, self.broker.mqtt().max_qos);
             let existed = self
                 .broker
                 .subscribe(&self.session, filter, granted_options, identifier);
@@ -1300,7 +1426,7 @@ impl Connection {
                     "DISCONNECT sets a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]",
                 ));
             }
-            self.session_expiry = expiry.min(self.cfg.max_session_expiry_interval);
+            self.session_expiry = expiry.min(self.broker.mqtt().max_session_expiry_interval);
         }
         Err(Close::ClientDisconnect {
             keep_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
@@ -1331,8 +1457,11 @@ impl Connection {
                 Stats::add(&self.broker.stats().dropped_expired, expired);
             }
         }
-        let mut generations = vec![None; batch.len()];
+        // Only a persistent session has store generations to wait for: a clean one
+        // allocates nothing here per wake-up.
+        let mut generations = Vec::new();
         if let Some(store) = &self.store {
+            generations.resize(batch.len(), None);
             // Record which packet id each stored delivery went out with, so a restart
             // resends it as a DUP with the same id.
             for (out, generation) in batch.iter().zip(generations.iter_mut()) {
@@ -1367,8 +1496,9 @@ impl Connection {
             // More may be waiting: come back after this batch is written.
             self.session.wake();
         }
-        for (out, generation) in batch.drain(..).zip(generations) {
-            self.encode_outgoing(out, generation);
+        let mut generations = generations.into_iter();
+        for out in batch.drain(..) {
+            self.encode_outgoing(out, generations.next().flatten());
         }
         crate::fanout::return_outgoing(batch);
     }
@@ -1595,6 +1725,24 @@ fn describe(close: &Close) -> String {
         Close::Kicked(reason) => format!("kicked {reason}"),
         Close::Shutdown => "server shutting down".into(),
         Close::Storage => "cannot store a message (disk full or I/O error)".into(),
+    }
+}
+
+/// Awaits `fut` if there is one (never resolves otherwise).
+async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
+    match fut {
+        Some(f) => {
+            f.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The publish rate limit's pause, if one is running (never resolves otherwise).
+async fn sleep_opt(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -322,8 +322,12 @@ impl Session {
 
     /// Resolves when deliveries may be waiting (a stored permit makes this
     /// level-triggered: a wake-up between two polls is not lost).
-    pub async fn wait_for_work(&self) {
-        self.notify.notified().await
+    ///
+    /// The connection keeps one such future pinned across wake-ups and replaces it
+    /// only after it fired: creating and dropping one per wake-up costs a lock on the
+    /// waiter list each time.
+    pub fn work_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Wakes the connection without a new delivery (e.g. after an ack freed the window).

@@ -232,7 +232,9 @@ fn remove_in<'a, K: Eq + Hash, V>(
 /// at the root).
 #[derive(Debug, Clone)]
 pub(crate) struct Node<K, V> {
-    children: HashMap<Box<str>, Node<K, V>>,
+    /// Hashed on every match: foldhash, seeded per map (SipHash was ~9 % of a
+    /// QoS 0 delivery's instructions). Keys are levels of subscribed filters.
+    children: HashMap<Box<str>, Node<K, V>, foldhash::fast::RandomState>,
     plus: Option<Box<Node<K, V>>>,
     hash: Entries<K, V>,
     entries: Entries<K, V>,
@@ -241,7 +243,7 @@ pub(crate) struct Node<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: HashMap::default(),
             plus: None,
             hash: Entries::default(),
             entries: Entries::default(),
