@@ -27,6 +27,10 @@ use crate::transport::{self, Listener};
 /// How long shutdown waits for connections to close before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Cluster node: how long shutdown keeps serving session handovers to other nodes for
+/// the persistent sessions whose clients it just disconnected.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -350,6 +354,20 @@ impl Server {
                 Err(_) => tracing::warn!("leadership transfer before shutdown timed out"),
             }
         }
+        // Persistent sessions whose clients are connected now: they will reconnect to
+        // another node, which takes the session over from this one (cluster only).
+        let moving: Vec<std::sync::Arc<crate::session::Session>> = if self.cluster.is_some() {
+            broker
+                .sessions()
+                .into_iter()
+                .filter(|s| {
+                    let inner = s.lock();
+                    inner.link.is_some() && inner.expiry_interval > 0
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         broker.shutdown_token().cancel();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
@@ -359,6 +377,37 @@ impl Server {
             tracing::warn!("shutdown grace period over with connections still open");
         }
         if let Some(cluster) = &self.cluster {
+            // Keep serving session handovers for a while: the disconnected clients of
+            // persistent sessions reconnect elsewhere and their sessions (queue,
+            // in-flight, subscriptions) are fetched from here. Bounded by HANDOVER_GRACE.
+            let deadline = tokio::time::Instant::now() + HANDOVER_GRACE;
+            let left = || {
+                moving
+                    .iter()
+                    .filter(|s| {
+                        broker
+                            .session(&s.client_id)
+                            .is_some_and(|now| std::sync::Arc::ptr_eq(&now, s))
+                    })
+                    .count()
+            };
+            let mut waiting = left();
+            if waiting > 0 {
+                tracing::info!(
+                    sessions = waiting,
+                    "waiting for other nodes to take over persistent sessions"
+                );
+            }
+            while waiting > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waiting = left();
+            }
+            if waiting > 0 {
+                tracing::info!(
+                    sessions = waiting,
+                    "persistent sessions not taken over: they stay here for the next start"
+                );
+            }
             cluster.shutdown().await;
         }
         // Last flush after every connection has written its final state.
