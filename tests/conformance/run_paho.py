@@ -37,8 +37,15 @@ Status of tests we know about:
     (`ACL_FILE`). `--no-acl` leaves it out, and the test is then pending (run and
     shown, but not counted as a failure).
   * `test_request_response`, `test_subscribe_options` (5.0) wait for the wrong
-    client's SUBACK and can fail on a slow machine (a race in the suite itself);
-    a failure is retried once on its own and reported as FLAKY if the retry passes.
+    client's SUBACK and can fail on a slow machine (a race in the suite itself:
+    the publish may reach the broker before the other client's SUBSCRIBE is
+    handled; run alone on a 2-core machine about half of the attempts lose it:
+    ferromq serves the two connections on two threads, so packets of different
+    clients that arrive within microseconds may be handled in either order, which
+    MQTT allows; single-threaded Mosquitto handles them in arrival order and passed
+    8 of 8); a failure is retried on its own up to `RACY_RETRIES`
+    times and reported as FLAKY if a retry passes (a broker that never delivers
+    fails every attempt).
 
 Exit code: 0 if every non-pending test passed in every run (or the suite is not
 available), 1 if any failed, 2 on a usage/setup error (e.g. the broker binary
@@ -87,7 +94,9 @@ NEEDS_ACL = {
     "test_subscribe_failure": "needs the ACL refusing test/nosubscribe (--no-acl given)",
 }
 
-# Races in the suite itself (paho-suite.md, "Known test races"): retried once.
+# Races in the suite itself (paho-suite.md, "Known test races"): retried alone up
+# to RACY_RETRIES times until one attempt passes.
+RACY_RETRIES = 6
 RACY = {
     "test_request_response": "waits for the wrong client's SUBACK",
     "test_subscribe_options": "waits for the wrong client's SUBACK",
@@ -519,15 +528,17 @@ def run_suite(args, interop: Path, key: str, label: str, module: str, workdir: P
             for t in sr.order:
                 res = sr.results[t]
                 if t in RACY and not res.passed:
-                    print(f"  retrying {t} on its own ({RACY[t]})", flush=True)
-                    retry: list[TestResult] = []
-                    run_child(interop, module, broker.addr, [t], sr.log, args.timeout, broker, args.verbose,
-                              lambda r, fixture_error=None: retry.append(r) if r else None)
-                    if retry and retry[0].passed:
-                        res.flaky = True
-                        res.outcome = "pass"
-                        res.note = f"failed once, passed on retry ({RACY[t]})"
-                        print_result(res, args)
+                    for attempt in range(1, RACY_RETRIES + 1):
+                        print(f"  retrying {t} on its own, attempt {attempt} ({RACY[t]})", flush=True)
+                        retry: list[TestResult] = []
+                        run_child(interop, module, broker.addr, [t], sr.log, args.timeout, broker, args.verbose,
+                                  lambda r, fixture_error=None: retry.append(r) if r else None)
+                        if retry and retry[0].passed:
+                            res.flaky = True
+                            res.outcome = "pass"
+                            res.note = f"failed {attempt} time(s), passed on retry {attempt} ({RACY[t]})"
+                            print_result(res, args)
+                            break
     finally:
         if not broker.alive() and broker.broker is not None:
             keep_broker_log(broker, workdir, run_no, module)
