@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ os.environ.setdefault("FERROMQ_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR",
 
 from clusterutil import grpc_addr, leader_of, start_cluster, start_node, status  # noqa: E402
 from conftest import start_broker  # noqa: E402
+from mqttclient import encode_connect, encode_publish, encode_subscribe  # noqa: E402
 
 
 def bench_bin() -> str:
@@ -55,30 +55,7 @@ def loader(scenario: str, addr: str, sub_addr: str | None, duration: float) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ---- a minimal asyncio MQTT 3.1.1 client ---------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _s(x: str | bytes) -> bytes:
-    b = x.encode() if isinstance(x, str) else x
-    return struct.pack(">H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def connect_packet(cid: str, clean: bool) -> bytes:
-    return _packet(0x10, _s("MQTT") + bytes([4, 0x02 if clean else 0x00]) + struct.pack(">H", 60) + _s(cid))
-
+# ---- a minimal asyncio MQTT 3.1.1 client (the test suite's encoders) ------------------
 
 async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     first = (await reader.readexactly(1))[0]
@@ -94,7 +71,7 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 async def mqtt_connect(host: str, port: int, cid: str, clean: bool = True):
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(connect_packet(cid, clean))
+    writer.write(encode_connect(cid, 4, clean=clean))
     first, body = await read_packet(reader)
     if first >> 4 != 2 or body[1] != 0:
         raise RuntimeError(f"CONNACK refused: {body!r}")
@@ -140,7 +117,7 @@ async def subscribe_churn(nodes, per_node: int, per_conn: int = 1000) -> tuple[f
 
     async def run(reader, writer, filters):
         for i, f in enumerate(filters):
-            writer.write(_packet(0x82, struct.pack(">H", i % 65535 + 1) + _s(f) + b"\x00"))
+            writer.write(encode_subscribe(i % 65535 + 1, [(f, 0)], protocol=4))
         got = 0
         while got < len(filters):
             first, body = await read_packet(reader)
@@ -166,7 +143,7 @@ async def subscribe_churn(nodes, per_node: int, per_conn: int = 1000) -> tuple[f
         k, _, _, filters = conns[j]
         w = pubs[(k + 1) % len(nodes)][1]
         while not arrived[j].is_set():
-            w.write(_packet(0x30, _s(filters[-1]) + b"probe"))
+            w.write(encode_publish(filters[-1], b"probe", protocol=4))
             try:
                 await asyncio.wait_for(arrived[j].wait(), 0.05)
             except asyncio.TimeoutError:
@@ -206,7 +183,7 @@ async def retained_rate(node, n: int, window: int = 64) -> float:
     for i in range(n):
         await inflight.acquire()
         pid = i % 65535 + 1
-        writer.write(_packet(0x33, _s(f"ret/{tag}/{i}") + struct.pack(">H", pid) + b"retained"))
+        writer.write(encode_publish(f"ret/{tag}/{i}", b"retained", 1, retain=True, packet_id=pid, protocol=4))
     await finished.wait()
     rate = n / (time.monotonic() - t0)
     task.cancel()
