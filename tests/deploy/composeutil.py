@@ -23,7 +23,7 @@ from pathlib import Path
 from .deployutil import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "python"))
-from mqttclient import Client, ConnectFailed  # noqa: E402
+from mqttclient import Client, ConnectFailed, wait_until  # noqa: E402
 
 COMPOSE = REPO / "deploy/compose/docker-compose.yml"
 TOKEN = "compose-test-token"
@@ -31,14 +31,8 @@ BIN = "/usr/local/bin/ferromq"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """`mqttclient.wait_until` with a slower default poll (each poll is an HTTP call)."""
+    return wait_until(predicate, timeout, what, interval)
 
 
 @dataclass(frozen=True)
