@@ -834,39 +834,23 @@ impl Broker {
         had || removed
     }
 
-    /// Retained messages for a new subscription, as deliveries with RETAIN set
-    /// [MQTT-3.3.1-9], at min(message QoS, granted QoS).
-    pub fn retained_deliveries(
-        &self,
-        filter: &str,
-        granted: QoS,
-        identifier: Option<u32>,
-    ) -> Vec<Delivery> {
-        let matches = self.shared.retained.read().matching(filter, Instant::now());
-        matches
-            .into_iter()
-            .map(|message| Delivery {
-                qos: message.qos.min(granted),
-                retain: true,
-                subscription_ids: identifier.into_iter().collect(),
-                message,
-            })
-            .collect()
-    }
-
-    /// With persistence on, a cursor that streams the retained messages matching
-    /// `filter` out of the store (see [`RetainedCursor`]); `None` with persistence
-    /// off, where [`Broker::retained_deliveries`] answers from memory.
+    /// A cursor that streams the retained messages matching `filter` into a new
+    /// subscription's session as its queue has room (see [`RetainedCursor`]): out of
+    /// the store with persistence on, out of the in-memory index with persistence off.
+    /// They go with RETAIN set [MQTT-3.3.1-9], at min(message QoS, granted QoS).
     pub fn retained_cursor(
         &self,
         filter: &str,
         granted: QoS,
         identifier: Option<u32>,
-    ) -> Option<RetainedCursor> {
-        self.shared
-            .store
-            .as_ref()
-            .map(|_| RetainedCursor::new(filter, granted, identifier))
+    ) -> RetainedCursor {
+        match &self.shared.store {
+            Some(_) => RetainedCursor::new(filter, granted, identifier),
+            None => {
+                let matches = self.shared.retained.read().matching(filter, Instant::now());
+                RetainedCursor::from_memory(filter, matches, granted, identifier)
+            }
+        }
     }
 
     /// Drops expired retained messages (run periodically). With persistence on they

@@ -4,9 +4,12 @@
 //! filter can match. An empty payload clears the topic and is not stored
 //! [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Expired messages are dropped when met and by a
 //! periodic sweep. This in-memory index serves persistence off; with persistence on
-//! the store's `retained` tree is the index and a [`RetainedCursor`] streams the
-//! matches of a SUBSCRIBE out of it, so retained payloads are not held in RAM.
+//! the store's `retained` tree is the index, so retained payloads are not held in RAM.
+//! Either way a [`RetainedCursor`] streams the matches of a SUBSCRIBE into the
+//! session as its queue has room, so a `#` subscribe to 100,000 retained messages
+//! receives all of them instead of the first `max_queued_messages`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,29 +99,45 @@ impl RetainedStore {
     }
 }
 
-/// Streams the retained messages matching one filter out of the store, into one
-/// session, as its queue allows (persistence on; see `store` "Bounded memory").
+/// Streams the retained messages matching one filter into one session, as its queue
+/// allows (see `store` "Bounded memory").
 ///
-/// The scan covers the key range of the filter's literal prefix (`a/b/+/c` scans
-/// `a/b/`, `a/b/#` scans `a/b` so that `a/b` itself matches [MQTT-4.7.1-2], `#` and
-/// `+/...` scan everything) and checks each key with [`ferromq_topic::matches`]
-/// (which also keeps `$` topics from wildcards at the first level [MQTT-4.7.2-1]). It
-/// resumes from the first key it has not delivered, so a `#` subscribe to a million
-/// retained messages holds at most half a queue of them in memory at a time and
-/// never overflows the session's queue.
+/// Persistence on: the scan covers the key range of the filter's literal prefix
+/// (`a/b/+/c` scans `a/b/`, `a/b/#` scans `a/b` so that `a/b` itself matches
+/// [MQTT-4.7.1-2], `#` and `+/...` scan everything) and checks each key with
+/// [`ferromq_topic::matches`] (which also keeps `$` topics from wildcards at the
+/// first level [MQTT-4.7.2-1]). It resumes from the first key it has not delivered,
+/// so a `#` subscribe to a million retained messages holds at most half a queue of
+/// them in memory at a time and never overflows the session's queue.
+///
+/// Persistence off: the matches are taken from the in-memory index when the
+/// SUBSCRIBE is handled, as references to the stored messages (one pointer each,
+/// bounded by the retained store's own `retained_max_bytes`), and handed out the same
+/// way: never more than the queue's room for retained messages at a time.
 ///
 /// Known limits: a retained message set or cleared while the cursor runs is seen as
-/// it is when the cursor reaches its key (a live copy may also arrive first); the
-/// cursor belongs to the connection, so what it has not delivered when the connection
-/// closes is not sent (the client subscribes again on its next connection to get it).
+/// it is when the cursor reaches its key (persistence on) or as it was at the
+/// SUBSCRIBE (persistence off); a live copy may also arrive first. The cursor belongs
+/// to the connection, so what it has not delivered when the connection closes is not
+/// sent (the client subscribes again on its next connection to get it).
 #[derive(Debug)]
 pub struct RetainedCursor {
     filter: String,
-    prefix: Vec<u8>,
-    /// First key not yet delivered.
-    next: Vec<u8>,
+    source: Source,
     granted: QoS,
     identifier: Option<u32>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// A key range of the store's `retained` tree.
+    Store {
+        prefix: Vec<u8>,
+        /// First key not yet delivered.
+        next: Vec<u8>,
+    },
+    /// Matches of the in-memory index not yet delivered, in topic order.
+    Memory(VecDeque<Arc<Message>>),
 }
 
 /// What one [`RetainedCursor::pump`] did.
@@ -146,75 +165,120 @@ pub fn literal_prefix(filter: &str) -> &str {
 }
 
 impl RetainedCursor {
+    /// A cursor over the store's `retained` tree (persistence on).
     pub fn new(filter: &str, granted: QoS, identifier: Option<u32>) -> Self {
         let prefix = literal_prefix(filter).as_bytes().to_vec();
         RetainedCursor {
             filter: filter.to_owned(),
-            next: prefix.clone(),
-            prefix,
+            source: Source::Store {
+                next: prefix.clone(),
+                prefix,
+            },
             granted,
             identifier,
         }
     }
 
+    /// A cursor over matches already taken from the in-memory index (persistence off).
+    pub fn from_memory(
+        filter: &str,
+        matches: Vec<Arc<Message>>,
+        granted: QoS,
+        identifier: Option<u32>,
+    ) -> Self {
+        RetainedCursor {
+            filter: filter.to_owned(),
+            source: Source::Memory(matches.into()),
+            granted,
+            identifier,
+        }
+    }
+
+    fn delivery(&self, message: Arc<Message>) -> Delivery {
+        Delivery {
+            qos: message.qos.min(self.granted),
+            retain: true,
+            subscription_ids: self.identifier.iter().copied().collect(),
+            message,
+        }
+    }
+
     /// Queues matching retained messages into `session` until its queue has no room
-    /// for retained messages, the range ends, or `max_keys` keys were looked at.
-    /// Topics `may_read` refuses (the read ACL) are skipped.
+    /// for retained messages, the matches end, or `max_keys` keys were looked at.
+    /// Topics `may_read` refuses (the read ACL) are skipped. `store` is the broker's
+    /// store (`None` with persistence off, where the cursor was made from memory).
     pub fn pump(
         &mut self,
-        store: &Store,
+        store: Option<&Store>,
         session: &Session,
         max_keys: usize,
         may_read: &dyn Fn(&str) -> bool,
     ) -> Pumped {
         let mut pumped = Pumped::default();
-        let mut blocked = false;
-        let RetainedCursor {
-            filter,
-            prefix,
-            next,
-            granted,
-            identifier,
-        } = self;
-        let result = store.scan_retained(prefix, next, max_keys, |topic, stored| {
-            if !ferromq_topic::matches(filter, topic) {
-                return true;
-            }
+        let mut offer = |cursor: &Self, topic: &str, message: Arc<Message>| -> bool {
             if !may_read(topic) {
                 pumped.denied += 1;
                 return true;
             }
-            let message = stored.into_message();
-            let delivery = Delivery {
-                qos: message.qos.min(*granted),
-                retain: true,
-                subscription_ids: identifier.iter().copied().collect(),
-                message,
-            };
-            match session.deliver_retained(delivery) {
-                Room::Yes => {
-                    pumped.queued += 1;
-                    true
-                }
-                Room::Never => {
-                    pumped.too_large += 1;
-                    true
-                }
-                Room::Later => {
-                    blocked = true;
-                    false
-                }
+            match session.deliver_retained(cursor.delivery(message)) {
+                Room::Yes => pumped.queued += 1,
+                Room::Never => pumped.too_large += 1,
+                Room::Later => return false,
             }
-        });
-        match result {
-            Ok(Some(resume)) => {
-                *next = resume;
-                pumped.more = !blocked;
+            true
+        };
+        match &self.source {
+            Source::Memory(_) => {
+                let mut looked = 0;
+                let mut blocked = false;
+                while looked < max_keys {
+                    let Source::Memory(pending) = &mut self.source else {
+                        break;
+                    };
+                    let Some(message) = pending.pop_front() else {
+                        break;
+                    };
+                    looked += 1;
+                    let topic = message.topic.clone();
+                    if !offer(self, &topic, message.clone()) {
+                        if let Source::Memory(pending) = &mut self.source {
+                            pending.push_front(message);
+                        }
+                        blocked = true;
+                        break;
+                    }
+                }
+                let left = matches!(&self.source, Source::Memory(p) if !p.is_empty());
+                pumped.done = !left;
+                pumped.more = left && !blocked;
             }
-            Ok(None) => pumped.done = true,
-            Err(e) => {
-                tracing::warn!(client_id = %session.client_id, filter = %filter, error = %e, "cannot read retained messages from the store");
-                pumped.done = true;
+            Source::Store { prefix, next } => {
+                let Some(store) = store else {
+                    pumped.done = true;
+                    return pumped;
+                };
+                let mut blocked = false;
+                let result = store.scan_retained(prefix, next, max_keys, |topic, stored| {
+                    if !ferromq_topic::matches(&self.filter, topic) {
+                        return true;
+                    }
+                    let accepted = offer(self, topic, stored.into_message());
+                    blocked = !accepted;
+                    accepted
+                });
+                match result {
+                    Ok(Some(resume)) => {
+                        if let Source::Store { next, .. } = &mut self.source {
+                            *next = resume;
+                        }
+                        pumped.more = !blocked;
+                    }
+                    Ok(None) => pumped.done = true,
+                    Err(e) => {
+                        tracing::warn!(client_id = %session.client_id, filter = %self.filter, error = %e, "cannot read retained messages from the store");
+                        pumped.done = true;
+                    }
+                }
             }
         }
         pumped

@@ -27,7 +27,7 @@ use ferromq_codec::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::{Identity, LoginError, Op, Subject};
+use crate::auth::{Identity, LoginError, Subject};
 use crate::broker::{Broker, Confirm, PendingWill, PublishRefused};
 use crate::limits::PublishThrottle;
 use crate::message::Message;
@@ -1273,7 +1273,6 @@ impl Connection {
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let identifier = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
         let acl = self.broker.security().acl();
         let max_subscriptions = self.broker.config().limits.max_subscriptions_per_client;
         for (filter, options) in &s.filters {
@@ -1339,40 +1338,22 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                match self
+                // Each message is checked for `read` as the cursor reaches it.
+                let cursor = self
                     .broker
-                    .retained_cursor(bare, granted_options.qos, identifier)
-                {
-                    // Checked for `read` as the cursor reaches each message.
-                    Some(cursor) => {
-                        self.retained_cursors.push_back(cursor);
-                        if let Some(cluster) = self.broker.cluster() {
-                            // A fresh barrier covers the earlier ones too.
-                            let (tx, rx) = tokio::sync::oneshot::channel();
-                            let cluster = cluster.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = cluster.read_barrier().await {
-                                    tracing::debug!(error = %e, "read barrier failed: retained messages served from this node's state");
-                                }
-                                let _ = tx.send(());
-                            });
-                            self.retained_barrier = Some(rx);
+                    .retained_cursor(bare, granted_options.qos, identifier);
+                self.retained_cursors.push_back(cursor);
+                if let Some(cluster) = self.broker.cluster() {
+                    // A fresh barrier covers the earlier ones too.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let cluster = cluster.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = cluster.read_barrier().await {
+                            tracing::debug!(error = %e, "read barrier failed: retained messages served from this node's state");
                         }
-                    }
-                    None => {
-                        let mut matches =
-                            self.broker
-                                .retained_deliveries(bare, granted_options.qos, identifier);
-                        // Each retained message is checked for `read`, like a live delivery.
-                        if let Some(acl) = &acl {
-                            let subject = self.subject();
-                            let before = matches.len();
-                            matches.retain(|d| acl.check(subject, &d.message.topic, Op::Read));
-                            let denied = (before - matches.len()) as u64;
-                            Stats::add(&self.broker.stats().acl_read_denied, denied);
-                        }
-                        retained.extend(matches);
-                    }
+                        let _ = tx.send(());
+                    });
+                    self.retained_barrier = Some(rx);
                 }
             }
             codes.push(ReasonCode(granted_options.qos as u8));
@@ -1382,11 +1363,6 @@ impl Connection {
             properties: AckProperties::default(),
             reason_codes: codes,
         }));
-        for delivery in retained {
-            if self.session.deliver(delivery).is_err() {
-                Stats::add(&self.broker.stats().dropped_queue_full, 1);
-            }
-        }
         Ok(())
     }
 
@@ -1503,23 +1479,21 @@ impl Connection {
         crate::fanout::return_outgoing(batch);
     }
 
-    /// Moves retained messages of earlier SUBSCRIBEs from the store into the session
-    /// queue as far as the queue has room (see `retained::RetainedCursor`). Wakes the
-    /// loop again while progress is made; a cursor waiting for room is pumped again on
-    /// the next acknowledgement or wake-up.
+    /// Moves retained messages of earlier SUBSCRIBEs into the session queue as far as
+    /// the queue has room (see `retained::RetainedCursor`). Wakes the loop again while
+    /// progress is made; a cursor waiting for room is pumped again on the next
+    /// acknowledgement or wake-up.
     fn pump_retained(&mut self) {
-        let Some(store) = self.broker.store().cloned() else {
-            return;
-        };
-        if self.retained_barrier.is_some() {
+        if self.retained_cursors.is_empty() || self.retained_barrier.is_some() {
             return;
         }
+        let store = self.broker.store().cloned();
         // Each retained message is checked for `read`, like a live delivery.
         let acl = self.broker.security().acl();
         let session = &self.session;
         let may_read = |topic: &str| acl.as_ref().is_none_or(|acl| session.may_read(acl, topic));
         while let Some(cursor) = self.retained_cursors.front_mut() {
-            let pumped = cursor.pump(&store, session, RETAINED_SCAN_BUDGET, &may_read);
+            let pumped = cursor.pump(store.as_deref(), session, RETAINED_SCAN_BUDGET, &may_read);
             if pumped.denied > 0 {
                 Stats::add(&self.broker.stats().acl_read_denied, pumped.denied as u64);
             }
