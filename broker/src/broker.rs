@@ -41,6 +41,14 @@ pub use inspect::{SessionSnapshot, SubscriptionSnapshot};
 /// How long a new connection waits for the connection it takes over to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a handed-over session's routes stay on its previous node, relaying to the
+/// new owner ([`Broker::hand_over_session`]).
+pub const RELAY_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the relay stays after this node sees the new owner's routes: the other
+/// nodes apply the same Raft entries a heartbeat or two later.
+const RELAY_MARGIN: Duration = Duration::from_millis(500);
+
 /// A will waiting for its connection to end, or for its delay [MQTT-3.1.3-9].
 #[derive(Debug, Clone)]
 pub struct PendingWill {
@@ -108,6 +116,13 @@ struct Shared {
     /// [`crate::cluster_link`]); empty on a single node, whose paths then skip every
     /// cluster step at the cost of one check.
     cluster: std::sync::OnceLock<ferromq_cluster::Cluster>,
+    /// Cluster node: persistent sessions handed over to another node whose routes
+    /// here are kept for a while, so deliveries that still reach them are relayed to
+    /// the new owner (see [`Broker::hand_over_session`]). Session id -> new owner.
+    moved: Mutex<HashMap<SessionId, u64>>,
+    /// Notified whenever a session handed over by another node is imported, for
+    /// relayed deliveries waiting for it ([`Broker::deliver_to_moved`]).
+    imported: tokio::sync::Notify,
 }
 
 /// Why a retained message was not applied.
@@ -179,6 +194,8 @@ impl Broker {
                 gate,
                 retained_budget_logged: AtomicU64::new(u64::MAX),
                 cluster: std::sync::OnceLock::new(),
+                moved: Mutex::new(HashMap::new()),
+                imported: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -737,6 +754,7 @@ impl Broker {
                     Stats::add(&self.shared.stats.dropped_offline_qos0, 1);
                 }
                 Err(DropReason::Expired) => {}
+                Err(DropReason::Ended) => self.relay_moved(&session, message, &mut outcome),
             }
         }
         crate::fanout::return_buffer(deliveries);
@@ -751,7 +769,7 @@ impl Broker {
         &self,
         message: Arc<Message>,
         shared: Option<(&str, &str)>,
-    ) -> Option<u64> {
+    ) -> PublishOutcome {
         let mut deliveries = crate::fanout::take_buffer();
         {
             let router = self.shared.router.read();
@@ -762,7 +780,40 @@ impl Broker {
                 }
             }
         }
-        self.enqueue(&message, deliveries).generation
+        self.enqueue(&message, deliveries)
+    }
+
+    /// Delivers a message relayed by the previous owner of `client_id`'s session (it
+    /// moved here, see [`Broker::hand_over_session`]): to that session only, matched
+    /// against its own subscriptions. The relay can overtake the handover itself, so
+    /// this waits up to `wait` for the session to be imported; without it by then the
+    /// message is dropped (logged).
+    pub async fn deliver_to_moved(
+        &self,
+        client_id: &str,
+        message: Arc<Message>,
+        wait: Duration,
+    ) -> PublishOutcome {
+        let id = ByteString::from(client_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let imported = self.shared.imported.notified();
+            tokio::pin!(imported);
+            imported.as_mut().enable();
+            if let Some(session) = self.session(&id) {
+                let mut deliveries = crate::fanout::take_buffer();
+                self.shared
+                    .router
+                    .read()
+                    .route_direct(&message, &mut deliveries);
+                deliveries.retain(|(s, _)| Arc::ptr_eq(s, &session));
+                return self.enqueue(&message, deliveries);
+            }
+            if tokio::time::timeout_at(deadline, imported).await.is_err() {
+                tracing::warn!(client_id, topic = %message.topic, "relayed message dropped: the session did not arrive here in time");
+                return PublishOutcome::default();
+            }
+        }
     }
 
     /// Adds or replaces a subscription of `session`. Returns whether it existed before
@@ -813,6 +864,24 @@ impl Broker {
             (None, false) => cluster.route_remove(filter),
             (Some(g), true) => cluster.shared_add(g, filter),
             (Some(g), false) => cluster.shared_remove(g, filter),
+        }
+    }
+
+    /// A delivery reached a session that has ended here: if it was handed over to
+    /// another node, relay the message there (to that client's session only), and
+    /// let the acknowledgement wait for the new owner (see
+    /// [`Broker::hand_over_session`]). Otherwise it is dropped, as before the end.
+    fn relay_moved(&self, session: &Session, message: &Arc<Message>, outcome: &mut PublishOutcome) {
+        let Some(node) = self.shared.moved.lock().get(&session.id).copied() else {
+            return;
+        };
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        if let Some(confirm) =
+            crate::cluster_link::relay(cluster, node, &session.client_id, message)
+        {
+            outcome.confirms.push(confirm);
         }
     }
 
@@ -1023,15 +1092,27 @@ impl Broker {
                 tracing::warn!(client_id = %client_id, error = %e, "session handed over by another node is unusable: starting empty");
             }
         }
+        self.shared.imported.notify_waiters();
     }
 
-    /// Another node takes `client_id` over: closes the connection here (v5 0x8E),
-    /// exports the session's store records and removes the session from this node
-    /// (no will: the session lives on elsewhere, its pending will with it).
+    /// Another node (`to`) takes `client_id` over: closes the connection here (v5
+    /// 0x8E), exports the session's store records and removes the session from this
+    /// node (no will: the session lives on elsewhere, its pending will with it).
+    ///
+    /// No acknowledged message may fall between the export and the new owner's
+    /// routes: until the other nodes see the new owner's route, they still forward
+    /// matching messages here. So the export and the session's end happen under the
+    /// session lock (every earlier delivery is in the export), and the session's
+    /// routes stay here, relaying what still matches to `to` ([`Broker::relay_moved`],
+    /// acknowledged end to end), until this node's state shows `to` holding every one
+    /// of its filters plus [`RELAY_MARGIN`] for the other nodes to apply the same,
+    /// and at most [`RELAY_GRACE`]. A message can then arrive twice (directly and
+    /// relayed) during the switch: at least once, never lost.
     pub async fn hand_over_session(
         &self,
         client_id: &ByteString,
         wait: Duration,
+        to: u64,
     ) -> Option<bytes::Bytes> {
         let existing = self.shared.sessions.lock().get(client_id).cloned()?;
         let link = existing.lock().link.clone();
@@ -1039,24 +1120,68 @@ impl Broker {
             link.kick(ReasonCode::SESSION_TAKEN_OVER);
             let _ = tokio::time::timeout(wait, link.detached.cancelled()).await;
         }
-        let blob = self
-            .shared
-            .store
-            .as_ref()
-            .and_then(|store| match store.export_session(client_id) {
-                Ok(blob) => blob,
-                Err(e) => {
-                    tracing::warn!(client_id = %client_id, error = %e, "cannot export the session for handover");
-                    None
-                }
-            });
-        self.drop_local_session(client_id);
+        self.shared.moved.lock().insert(existing.id, to);
+        let blob = {
+            let mut inner = existing.lock();
+            let blob = self
+                .shared
+                .store
+                .as_ref()
+                .and_then(|store| match store.export_session(client_id) {
+                    Ok(blob) => blob,
+                    Err(e) => {
+                        tracing::warn!(client_id = %client_id, error = %e, "cannot export the session for handover");
+                        None
+                    }
+                });
+            // From here on deliveries to it are relayed.
+            inner.ended = true;
+            blob
+        };
+        self.end_local_session(client_id, false);
+        let broker = self.clone();
+        tokio::spawn(async move { broker.end_relay(existing, to).await });
         blob.map(bytes::Bytes::from)
+    }
+
+    /// Ends the relay of a session handed over to `to` (see
+    /// [`Broker::hand_over_session`]): removes its routes here.
+    async fn end_relay(&self, session: Arc<Session>, to: u64) {
+        let filters: Vec<ByteString> = session
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|f| split_shared(f).0.is_none())
+            .cloned()
+            .collect();
+        let deadline = tokio::time::Instant::now() + RELAY_GRACE;
+        if let Some(cluster) = self.cluster() {
+            while tokio::time::Instant::now() < deadline
+                && !filters.iter().all(|f| cluster.has_route(to, f))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let margin = (tokio::time::Instant::now() + RELAY_MARGIN).min(deadline);
+        tokio::time::sleep_until(margin).await;
+        self.remove_subscriptions(&session);
+        self.shared.moved.lock().remove(&session.id);
+    }
+
+    /// Sessions handed over whose routes still relay here (the drain waits for them).
+    pub fn relaying(&self) -> usize {
+        self.shared.moved.lock().len()
     }
 
     /// Ends this node's copy of a session without its will and without a trace on
     /// disk (it moved to another node, or a clean start elsewhere replaced it).
     fn drop_local_session(&self, client_id: &ByteString) {
+        self.end_local_session(client_id, true);
+    }
+
+    /// [`Broker::drop_local_session`]; `unroute` false keeps its routes (a handover's
+    /// relay removes them later).
+    fn end_local_session(&self, client_id: &ByteString, unroute: bool) {
         let removed = {
             let mut registry = self.shared.sessions.lock();
             let Some(session) = registry.get(client_id).cloned() else {
@@ -1076,7 +1201,9 @@ impl Broker {
             registry.remove(client_id);
             session
         };
-        self.remove_subscriptions(&removed);
+        if unroute {
+            self.remove_subscriptions(&removed);
+        }
         self.delete_stored(&removed);
     }
 

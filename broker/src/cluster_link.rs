@@ -83,6 +83,7 @@ pub fn forward(
             qos,
             message: encoded.clone(),
             shared,
+            target: None,
         };
         outcome.matched += 1;
         if let Some(ack) = cluster.forward(node, msg) {
@@ -96,6 +97,39 @@ pub fn forward(
         let node = members[SHARED_CURSOR.fetch_add(1, Ordering::Relaxed) % members.len()];
         send(node, Some((group, filter)));
     }
+}
+
+/// Relays `message` to `node`, the new owner of `client_id`'s session, for that
+/// session only (see `Broker::hand_over_session`). The confirmation resolves as for a
+/// forward; `None` for QoS 0.
+pub fn relay(
+    cluster: &Cluster,
+    node: NodeId,
+    client_id: &ByteString,
+    message: &Arc<Message>,
+) -> Option<Confirm> {
+    let msg = Forward {
+        topic: message.topic.as_bytes().clone(),
+        qos: message.qos as u8,
+        message: Bytes::from(codec::encode_message(message)),
+        shared: None,
+        target: Some(client_id.to_string()),
+    };
+    cluster
+        .forward(node, msg)
+        .map(|ack| confirm_forward(node, ack))
+}
+
+/// Adds a delivery's store generation and confirmations to a batch's.
+fn note_outcome(
+    outcome: PublishOutcome,
+    generation: &mut Option<u64>,
+    confirms: &mut Vec<Confirm>,
+) {
+    if let Some(g) = outcome.generation {
+        *generation = Some(generation.unwrap_or(0).max(g));
+    }
+    confirms.extend(outcome.confirms);
 }
 
 fn confirm_forward(
@@ -208,6 +242,8 @@ pub struct BrokerNode {
 impl LocalNode for BrokerNode {
     fn deliver(&self, _from: NodeId, batch: Vec<Forward>) -> BoxFuture<'static, ()> {
         let mut generation: Option<u64> = None;
+        let mut confirms = Vec::new();
+        let mut relayed = Vec::new();
         for fwd in batch {
             let Some(stored) = codec::decode(&fwd.message) else {
                 tracing::warn!("undecodable forwarded message dropped");
@@ -217,21 +253,36 @@ impl LocalNode for BrokerNode {
             if message.is_expired(std::time::Instant::now()) {
                 continue;
             }
-            let shared = fwd.shared.as_ref().map(|(g, f)| (g.as_str(), f.as_str()));
-            if let Some(g) = self.broker.deliver_forwarded(message, shared) {
-                generation = Some(generation.unwrap_or(0).max(g));
+            if let Some(client_id) = fwd.target {
+                // Relayed by a session's previous owner: may have to wait for the
+                // handover, so it is delivered in the future below.
+                relayed.push((client_id, message));
+                continue;
             }
+            let shared = fwd.shared.as_ref().map(|(g, f)| (g.as_str(), f.as_str()));
+            let outcome = self.broker.deliver_forwarded(message, shared);
+            note_outcome(outcome, &mut generation, &mut confirms);
         }
-        // Acknowledged to the sending node once durable here (strict durability).
-        let store = self.broker.store().cloned();
+        // Acknowledged to the sending node once durable here (strict durability) and
+        // once the nodes this one relayed to acknowledged.
+        let broker = self.broker.clone();
         async move {
-            if let (Some(store), Some(g)) = (store, generation)
+            for (client_id, message) in relayed {
+                let outcome = broker
+                    .deliver_to_moved(&client_id, message, TAKEOVER_WAIT)
+                    .await;
+                note_outcome(outcome, &mut generation, &mut confirms);
+            }
+            if let (Some(store), Some(g)) = (broker.store(), generation)
                 && store.strict()
             {
                 let mut flushed = store.flushed();
                 store.request_flush();
                 let _ = flushed.wait_for(|f| f.done >= g || f.failed >= g).await;
             }
+            // Errors were logged where they happened; the peer only needs to know
+            // the batch is done.
+            futures::future::join_all(confirms).await;
         }
         .boxed()
     }
@@ -240,10 +291,15 @@ impl LocalNode for BrokerNode {
         self.broker.apply_retained(topic, message);
     }
 
-    fn take_session(&self, client_id: &str) -> BoxFuture<'static, Option<Bytes>> {
+    fn take_session(&self, client_id: &str, to: NodeId) -> BoxFuture<'static, Option<Bytes>> {
         let broker = self.broker.clone();
         let client_id = ByteString::from(client_id);
-        async move { broker.hand_over_session(&client_id, TAKEOVER_WAIT).await }.boxed()
+        async move {
+            broker
+                .hand_over_session(&client_id, TAKEOVER_WAIT, to)
+                .await
+        }
+        .boxed()
     }
 
     fn connect_announced(&self, from: NodeId, client_id: &str, connected_at_ms: u64) {

@@ -408,6 +408,12 @@ impl Server {
                     "persistent sessions not taken over: they stay here for the next start"
                 );
             }
+            // Sessions taken over keep relaying late deliveries to their new owners
+            // until every node routes to those directly (at most RELAY_GRACE).
+            let relay_deadline = tokio::time::Instant::now() + crate::broker::RELAY_GRACE;
+            while broker.relaying() > 0 && tokio::time::Instant::now() < relay_deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             cluster.shutdown().await;
         }
         // Last flush after every connection has written its final state.

@@ -21,6 +21,9 @@ pub struct Forward {
     /// `Some((group, filter))`: deliver to one local member of that shared
     /// subscription group only; `None`: to every matching local non-shared subscriber.
     pub shared: Option<(String, String)>,
+    /// `Some(client_id)`: relayed by the previous owner of a persistent session that
+    /// moved to the receiving node; delivered to that session only, once it is there.
+    pub target: Option<String>,
 }
 
 /// Implemented by the broker. Called by the cluster; nothing here may block for long.
@@ -37,8 +40,9 @@ pub trait LocalNode: Send + Sync + 'static {
 
     /// Another node takes over `client_id`: close the local connection (v5
     /// DISCONNECT 0x8E) and return the broker-encoded session, removed locally, or
-    /// `None` when there is none here.
-    fn take_session(&self, client_id: &str) -> BoxFuture<'static, Option<Bytes>>;
+    /// `None` when there is none here. `to` is the taking node: deliveries that still
+    /// reach the moved session here are relayed to it (`Forward::target`).
+    fn take_session(&self, client_id: &str, to: NodeId) -> BoxFuture<'static, Option<Bytes>>;
 
     /// `client_id` connected with a clean session on node `from` at `connected_at_ms`
     /// (unix ms): close the local connection with that id if it is older.

@@ -23,7 +23,7 @@ impl LocalNode for Noop {
         Box::pin(async {})
     }
     fn retained_applied(&self, _topic: &str, _message: Option<&Bytes>) {}
-    fn take_session(&self, _client_id: &str) -> BoxFuture<'static, Option<Bytes>> {
+    fn take_session(&self, _client_id: &str, _to: NodeId) -> BoxFuture<'static, Option<Bytes>> {
         Box::pin(async { None })
     }
     fn connect_announced(&self, _from: NodeId, _client_id: &str, _connected_at_ms: u64) {}

@@ -31,6 +31,7 @@ struct State {
     sessions: Mutex<HashMap<String, Bytes>>,
     announced: Mutex<Vec<(NodeId, String, u64)>>,
     hang_take_session: AtomicBool,
+    taken_by: Mutex<Vec<(String, NodeId)>>,
 }
 
 #[derive(Clone)]
@@ -45,6 +46,7 @@ impl TestNode {
             sessions: Mutex::new(HashMap::new()),
             announced: Mutex::new(Vec::new()),
             hang_take_session: AtomicBool::new(false),
+            taken_by: Mutex::new(Vec::new()),
         }))
     }
     fn count(&self) -> usize {
@@ -78,7 +80,8 @@ impl LocalNode for TestNode {
         .boxed()
     }
     fn retained_applied(&self, _topic: &str, _message: Option<&Bytes>) {}
-    fn take_session(&self, client_id: &str) -> BoxFuture<'static, Option<Bytes>> {
+    fn take_session(&self, client_id: &str, to: NodeId) -> BoxFuture<'static, Option<Bytes>> {
+        self.0.taken_by.lock().push((client_id.to_owned(), to));
         if self.0.hang_take_session.load(Ordering::SeqCst) {
             return futures::future::pending().boxed();
         }
@@ -159,6 +162,7 @@ fn msg(qos: u8, i: usize) -> Forward {
         qos,
         message: Bytes::from(format!("m{i}")),
         shared: None,
+        target: None,
     }
 }
 
@@ -327,6 +331,7 @@ async fn throughput_100k() {
             qos: 1,
             message: payload.clone(),
             shared: None,
+            target: None,
         };
         acks.push(a.plane.forward(2, m).unwrap());
     }
@@ -343,6 +348,7 @@ async fn throughput_100k() {
             qos: 0,
             message: payload.clone(),
             shared: None,
+            target: None,
         };
         assert!(a.plane.forward(2, m).is_none());
     }
@@ -597,6 +603,26 @@ async fn take_session_and_announce_connect() {
         Ok(Some(Bytes::from_static(b"session-bytes")))
     );
     assert_eq!(a.plane.take_session(2, "c1").await, Ok(None));
+    // The owner learns who takes the session (it relays late deliveries there).
+    assert_eq!(
+        *b.local.0.taken_by.lock(),
+        vec![("c1".to_string(), 1), ("c1".to_string(), 1)]
+    );
+    // A relayed message keeps its target client across the wire.
+    let relayed = Forward {
+        target: Some("c1".into()),
+        ..msg(1, 77)
+    };
+    let ack = a.plane.forward(2, relayed).unwrap();
+    assert!(matches!(ack.await, Ok(Ok(()))));
+    assert!(
+        b.local
+            .0
+            .delivered
+            .lock()
+            .iter()
+            .any(|(from, f)| *from == 1 && f.target.as_deref() == Some("c1"))
+    );
     assert_eq!(
         a.plane.take_session(7, "c1").await,
         Err(PeerError::UnknownPeer(7))

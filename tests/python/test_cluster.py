@@ -158,6 +158,56 @@ def test_persistent_session_moves_to_another_node_with_its_queue(cluster3):
         cl.stop()
 
 
+def test_session_moving_under_qos1_load_loses_no_acknowledged_message(cluster3):
+    """A persistent subscriber is taken over a -> b -> c -> a -> b -> c while a QoS 1
+    publisher on every node keeps going. A publisher on the new owner's node publishes
+    before the session arrived there, so its messages go to the previous owner (whose
+    route is the only one yet): they are relayed to the new owner, never dropped with
+    the old copy of the session (the loss seen in issue 8's rolling restart)."""
+    nodes = cluster3
+    topic = unique("move")
+    cid = unique("mover")
+    sub = connect(nodes[0], client_id=cid, protocol=5, clean=False, session_expiry=600)
+    sub.subscribe(f"{topic}/#", 1)
+    pubs = [connect(n, protocol=5) for n in nodes]
+    for k, p in enumerate(pubs):
+        route_ready(p, sub, f"{topic}/marker{k}")
+    stop = threading.Event()
+    acked: list[list[bytes]] = [[], [], []]
+
+    def load(k):
+        i = 0
+        while not stop.is_set():
+            payload = f"{k}-{i}".encode()
+            pubs[k].publish(f"{topic}/{k}", payload, qos=1)
+            acked[k].append(payload)
+            i += 1
+
+    threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(3)]
+    for t in threads:
+        t.start()
+    got: set[bytes] = set()
+    for hop in [1, 2, 0, 1, 2, 0]:
+        before = len(sub.received())
+        wait_for(lambda: len(sub.received()) >= before + 30, 20.0, what="the load reaching the subscriber")
+        new = connect(nodes[hop], client_id=cid, protocol=5, clean=False, session_expiry=600)
+        assert new.connack.session_present
+        sub.wait_disconnect(15.0)
+        got |= {m.payload for m in sub.received()}
+        sub.stop()
+        sub = new
+    stop.set()
+    for t in threads:
+        t.join(30)
+    sent = {p for per_node in acked for p in per_node}
+    assert len(sent) > 100
+    wait_for(lambda: sent <= got | {m.payload for m in sub.received()}, 30.0,
+             what="every acknowledged message at the subscriber")
+    print(f"{len(sent)} acknowledged QoS 1 messages over 6 takeovers, none lost")
+    for cl in (sub, *pubs):
+        cl.stop()
+
+
 def test_takeover_across_nodes_closes_the_old_connection_with_0x8e(cluster3):
     a, b, _ = cluster3
     cid = unique("dup")

@@ -173,6 +173,9 @@ impl Session {
     /// back and reports [`DropReason::StoreFailed`].
     pub fn deliver(&self, delivery: Delivery) -> Result<Option<u64>, DropReason> {
         let mut inner = self.inner.lock();
+        if inner.ended {
+            return Err(DropReason::Ended);
+        }
         let online = inner.link.is_some();
         let generation = self.deliver_locked(&mut inner, delivery)?;
         drop(inner);

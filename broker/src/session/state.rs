@@ -95,6 +95,9 @@ pub enum DropReason {
     Expired,
     /// Storing it for a persistent session failed (disk full, I/O error).
     StoreFailed,
+    /// The session has ended and left this node (the caller may relay it: a
+    /// cluster handover, see `Broker::hand_over_session`).
+    Ended,
 }
 
 /// Where an outbound QoS 1/2 message stands.

@@ -164,6 +164,7 @@ fn to_wire(msg: Forward) -> pb::ForwardMessage {
         shared: msg
             .shared
             .map(|(group, filter)| pb::SharedTarget { group, filter }),
+        target_client: msg.target.unwrap_or_default(),
     }
 }
 

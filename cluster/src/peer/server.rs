@@ -109,7 +109,11 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::TakeSessionReply>, Status> {
         let req = request.into_inner();
         tracing::debug!(from = req.from, client_id = %req.client_id, "session handover requested");
-        let session = self.shared.local.take_session(&req.client_id).await;
+        let session = self
+            .shared
+            .local
+            .take_session(&req.client_id, req.from)
+            .await;
         Ok(Response::new(pb::TakeSessionReply { session }))
     }
 
@@ -183,6 +187,7 @@ fn start_delivery(shared: &ServerShared, batch: pb::ForwardBatch) -> Delivery {
                 qos: qos_from_wire(m.qos, from),
                 message: m.message,
                 shared: m.shared.map(|s| (s.group, s.filter)),
+                target: (!m.target_client.is_empty()).then_some(m.target_client),
             }
         })
         .collect();

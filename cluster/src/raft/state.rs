@@ -254,6 +254,11 @@ impl State {
         });
     }
 
+    /// Whether `node` holds a route for exactly `filter` (non-shared).
+    pub fn has_route(&self, node: NodeId, filter: &str) -> bool {
+        self.routes.get(&node).is_some_and(|f| f.contains(filter))
+    }
+
     /// (group, filter, nodes other than `me`) for shared groups matching `topic`.
     pub fn remote_shared(
         &self,

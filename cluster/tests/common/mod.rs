@@ -31,7 +31,7 @@ impl LocalNode for RecLocal {
             .insert(topic.to_owned(), message.cloned());
         *self.retained_calls.lock() += 1;
     }
-    fn take_session(&self, _client_id: &str) -> BoxFuture<'static, Option<Bytes>> {
+    fn take_session(&self, _client_id: &str, _to: NodeId) -> BoxFuture<'static, Option<Bytes>> {
         Box::pin(async { None })
     }
     fn connect_announced(&self, _from: NodeId, _client_id: &str, _connected_at_ms: u64) {}
