@@ -20,7 +20,8 @@
 //!   node owned the session, it closes the old connection (v5 0x8E) and hands the
 //!   session over (its store records travel as they are). Without a leader the claim
 //!   fails and the CONNECT is refused with 0x88 / 3.1.1 0x03 (server unavailable):
-//!   a minority node does not take sessions over.
+//!   a minority node does not take sessions over. Deliveries that reach the old
+//!   node after the handover are relayed to the new owner ([`relay`]).
 //! - **Clean sessions** never touch Raft at CONNECT: the node announces the client id
 //!   to its peers, and a peer with an older connection of that id closes it (0x8E).
 //!   Race window: two CONNECTs of one id on two nodes within one announcement's
