@@ -349,9 +349,8 @@ impl Broker {
                 }
             };
             if let Some((session, link)) = busy {
-                link.kick(ReasonCode::SESSION_TAKEN_OVER);
-                let released =
-                    tokio::time::timeout(TAKEOVER_TIMEOUT, link.detached.cancelled()).await;
+                session.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
+                let released = tokio::time::timeout(TAKEOVER_TIMEOUT, link.detached()).await;
                 if released.is_err() {
                     // The old connection is stuck (e.g. blocked writing to a peer that
                     // reads nothing): detach it by force; its task notices the kick.
@@ -460,7 +459,7 @@ impl Broker {
                 );
             }
         }
-        link.detached.cancel();
+        link.detach();
     }
 
     /// While a session is offline: publish its delayed will at the smaller of the Will
@@ -1052,8 +1051,8 @@ impl Broker {
         let existing = self.shared.sessions.lock().get(client_id).cloned()?;
         let link = existing.lock().link.clone();
         if let Some(link) = link {
-            link.kick(ReasonCode::SESSION_TAKEN_OVER);
-            let _ = tokio::time::timeout(wait, link.detached.cancelled()).await;
+            existing.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
+            let _ = tokio::time::timeout(wait, link.detached()).await;
         }
         let blob = self
             .shared
@@ -1080,7 +1079,7 @@ impl Broker {
             };
             let mut inner = session.lock();
             if let Some(link) = &inner.link {
-                link.kick(ReasonCode::SESSION_TAKEN_OVER);
+                session.kick(link, ReasonCode::SESSION_TAKEN_OVER);
             }
             inner.link = None;
             inner.ended = true;
@@ -1116,8 +1115,7 @@ impl Broker {
         match link {
             Some(link) => {
                 let since = link
-                    .info
-                    .get()
+                    .info()
                     .map(|i| crate::store::codec::system_time_to_unix_ms(i.connected_at))
                     .unwrap_or(0);
                 if since <= connected_at_ms {
@@ -1126,7 +1124,7 @@ impl Broker {
                         node = from,
                         "client id connected on another node: closing the older connection here"
                     );
-                    link.kick(ReasonCode::SESSION_TAKEN_OVER);
+                    session.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
                 }
             }
             None => self.drop_local_session(&id),
@@ -1137,8 +1135,9 @@ impl Broker {
     pub fn kick_all(&self, reason: ReasonCode) {
         let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
         for session in sessions {
-            if let Some(link) = session.lock().link.clone() {
-                link.kick(reason);
+            let link = session.lock().link.clone();
+            if let Some(link) = link {
+                session.kick(&link, reason);
             }
         }
     }

@@ -3,8 +3,9 @@
 //! The task owns the socket, its read and write buffers and the per-connection MQTT
 //! state (negotiated limits, topic aliases). It waits on four things at once, all
 //! cancel-safe: bytes from the socket (`read_buf` keeps partial frames in the buffer),
-//! deliveries queued for its session (`Notify`), its keep-alive deadline, and a kick
-//! (takeover, shutdown). Everything queued for the socket is written in one
+//! its session's `Notify` (deliveries queued, and kicks: a takeover or admin kick
+//! marks the [`Link`] and wakes it), its keep-alive deadline, and the broker's
+//! shutdown. Everything queued for the socket is written in one
 //! `write_all` per wake-up, with `TCP_NODELAY` set, so batches go out without waiting
 //! for Nagle (see `reference/benchmarks.md`).
 //!
@@ -337,7 +338,7 @@ where
     broker
         .stats()
         .connection_opened(&listener, connect.protocol);
-    let _ = opened.link.info.set(ClientInfo {
+    opened.link.set_info(ClientInfo {
         addr: peer,
         listener: listener.clone(),
         protocol: connect.protocol,
@@ -646,8 +647,7 @@ impl Connection {
         let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         // The other waits that last for the whole connection are created once too:
         // each creation registers a waiter under a lock, each drop unregisters it.
-        let kick = self.link.kick.clone();
-        let mut kicked = std::pin::pin!(kick.cancelled());
+        // A kick (takeover, admin) wakes `work`: the link is checked on every wake-up.
         let shutdown = self.broker.shutdown_token().clone();
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         let session = self.session.clone();
@@ -673,14 +673,28 @@ impl Connection {
             if !self.wbuf.is_empty() {
                 // The flush matters for TLS and WebSocket streams, which may hold
                 // bytes back until flushed; on TCP it is a no-op.
-                let written = tokio::select! {
-                    biased;
-                    r = async {
-                        stream.write_all(&self.wbuf).await?;
-                        stream.flush().await
-                    } => r,
-                    _ = kicked.as_mut() => return Close::Kicked(self.link.kick_reason()),
-                    _ = shutting_down.as_mut() => return Close::Shutdown,
+                if self.link.is_kicked() {
+                    return Close::Kicked(self.link.kick_reason());
+                }
+                let mut write = std::pin::pin!(async {
+                    stream.write_all(&self.wbuf).await?;
+                    stream.flush().await
+                });
+                // A wake-up while the write waits (a peer that reads slowly) may be a
+                // kick; other wake-ups are for deliveries, which the next loop picks
+                // up. The write is kept across them (`write_all` is not cancel-safe).
+                let written = loop {
+                    tokio::select! {
+                        biased;
+                        _ = work.as_mut() => {
+                            work.set(session.work_notified());
+                            if self.link.is_kicked() {
+                                return Close::Kicked(self.link.kick_reason());
+                            }
+                        }
+                        _ = shutting_down.as_mut() => return Close::Shutdown,
+                        r = write.as_mut() => break r,
+                    }
                 };
                 if let Err(e) = written {
                     return Close::Network(e.to_string());
@@ -690,6 +704,9 @@ impl Connection {
                 if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
                     self.wbuf = BytesMut::new();
                 }
+            }
+            if self.link.is_kicked() {
+                return self.kicked(stream, &mut rbuf, max_in);
             }
             // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
             let spare = (rbuf.capacity() - rbuf.len()).max(64);
@@ -714,7 +731,6 @@ impl Connection {
                 .then(|| Box::pin(wait_flushed(&mut self.flushed)));
             tokio::select! {
                 biased;
-                _ = kicked.as_mut() => return self.kicked(stream, &mut rbuf, max_in),
                 _ = shutting_down.as_mut() => return Close::Shutdown,
                 _ = sleep_opt(&mut pause_timer), if paused => {
                     // The client's PINGREQs waited unread in the socket: its keep alive
@@ -756,6 +772,9 @@ impl Connection {
                     // Fired: a fresh one for the next wake-up (a notification that
                     // comes meanwhile is kept as a permit, so none is lost).
                     work.set(session.work_notified());
+                    if self.link.is_kicked() {
+                        return self.kicked(stream, &mut rbuf, max_in);
+                    }
                 }
                 _ = boxed_opt(flush_wait), if !self.gated.is_empty() => {}
                 _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
