@@ -12,10 +12,12 @@
 //! # Layout
 //! - [`handshake`]: CONNECT rules and the CONNACK.
 //! - [`alias`]: topic aliases in both directions.
+//! - [`rare`]: the parts most connections never use, allocated on first use.
 //! - this file: the read/dispatch/write loop and packet handlers.
 
 pub mod alias;
 pub mod handshake;
+mod rare;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,10 +38,10 @@ use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
 use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
 use crate::stats::{DisconnectReason, Stats};
 use crate::store::{Flushed, Store};
-use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
+use alias::{AliasError, InboundAliases, OutboundTopic};
 use futures::FutureExt;
 use handshake::Accepted;
-use std::collections::VecDeque;
+use rare::{Gated, Rare};
 use tokio::sync::watch;
 
 /// Read buffer of a busy connection; grows up to the maximum packet size for large
@@ -359,8 +361,6 @@ where
                 .min(cfg.max_inflight_messages),
         )
         .max(1),
-        inbound_aliases: InboundAliases::new(cfg.topic_alias_maximum),
-        outbound_aliases: OutboundAliases::new(accepted.client_topic_alias_maximum),
         wbuf: BytesMut::new(),
         store: if accepted.session_expiry > 0 {
             broker.store().cloned()
@@ -368,10 +368,10 @@ where
             None
         },
         flushed: broker.store().filter(|s| s.strict()).map(|s| s.flushed()),
-        gated: VecDeque::new(),
-        retained_cursors: VecDeque::new(),
-        retained_barrier: None,
-        accepted,
+        rare: None,
+        keep_alive: accepted.keep_alive,
+        client_max_packet_size: accepted.client_max_packet_size,
+        client_topic_alias_maximum: accepted.client_topic_alias_maximum,
         identity,
         throttle: Some(PublishThrottle::new(
             &broker.config().limits,
@@ -588,29 +588,25 @@ struct Connection {
     protocol: ProtocolVersion,
     session: Arc<Session>,
     link: Link,
-    accepted: Accepted,
+    /// The keep alive the broker enforces (seconds, 0 = none).
+    keep_alive: u16,
+    /// The client's Maximum Packet Size [MQTT-3.1.2-24].
+    client_max_packet_size: Option<u32>,
+    /// How many topic aliases the client accepts from us.
+    client_topic_alias_maximum: u16,
     /// The MQTT settings are read from `broker.mqtt()` (shared, fixed for the
     /// broker's life), not copied into every connection.
     /// Current Session Expiry Interval (a v5 DISCONNECT may change it).
     session_expiry: u32,
     /// Outbound in-flight window: min(client Receive Maximum, max_inflight_messages).
     window: usize,
-    inbound_aliases: InboundAliases,
-    outbound_aliases: OutboundAliases,
     wbuf: BytesMut,
     /// The store, while this session is persistent.
     store: Option<Arc<Store>>,
     /// Group-commit progress, in strict durability mode.
     flushed: Option<watch::Receiver<Flushed>>,
-    /// Packets that may go out only once the store generation they carry is on disk
-    /// (PUBACK/PUBREC of stored messages, PUBREL), in order: once one waits, later
-    /// acknowledgements queue behind it [MQTT-4.6.0-2] [MQTT-4.6.0-3].
-    gated: VecDeque<Gated>,
-    /// Retained messages still to send for SUBSCRIBEs (persistence on), in order.
-    retained_cursors: VecDeque<crate::retained::RetainedCursor>,
-    /// Cluster node: the read barrier the retained cursors wait for, so a SUBSCRIBE
-    /// sees every retained write acknowledged anywhere before it (read-your-writes).
-    retained_barrier: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Topic aliases, held acknowledgements, retained cursors: see [`rare`].
+    rare: Option<Box<Rare>>,
     /// Who logged in, for ACL checks.
     identity: Identity,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
@@ -625,6 +621,19 @@ impl Connection {
         self.protocol.is_v5()
     }
 
+    /// The rarely used parts, allocated on first use (see [`rare`]).
+    fn rare(&mut self) -> &mut Rare {
+        let inbound = self.broker.mqtt().topic_alias_maximum;
+        let outbound = self.client_topic_alias_maximum;
+        self.rare
+            .get_or_insert_with(|| Box::new(Rare::new(inbound, outbound)))
+    }
+
+    /// No packet is held back for the disk or a confirmation.
+    fn gated_is_empty(&self) -> bool {
+        self.rare.as_ref().is_none_or(|r| r.gated.is_empty())
+    }
+
     /// This client, for ACL checks.
     fn subject(&self) -> Subject<'_> {
         Subject {
@@ -637,8 +646,8 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let keep_alive = (self.accepted.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
+        let keep_alive =
+            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
         let far = Duration::from_secs(86_400 * 365);
         // The keep-alive deadline moves with every packet received; the timer does not
         // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
@@ -725,10 +734,16 @@ impl Connection {
             // Rare: the timer is allocated only while a pause runs.
             let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
             // Only while acknowledgements wait for the disk (strict durability, where
-            // the flush costs far more than the allocation): boxed, so that its
-            // state is not in every connection's future.
-            let flush_wait = (!self.gated.is_empty() && self.flushed.is_some())
-                .then(|| Box::pin(wait_flushed(&mut self.flushed)));
+            // the flush costs far more than the allocation) or a cluster confirmation,
+            // or retained messages for a read barrier: boxed, so that its state is not
+            // in every connection's future.
+            let flushing = self.flushed.is_some();
+            let rare_wait = self
+                .rare
+                .as_deref_mut()
+                .filter(|r| r.waiting(flushing))
+                .map(|r| Box::pin(rare::wait(r, &mut self.flushed)));
+            let rare_waiting = rare_wait.is_some();
             tokio::select! {
                 biased;
                 _ = shutting_down.as_mut() => return Close::Shutdown,
@@ -776,14 +791,9 @@ impl Connection {
                         return self.kicked(stream, &mut rbuf, max_in);
                     }
                 }
-                _ = boxed_opt(flush_wait), if !self.gated.is_empty() => {}
-                _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
-                    self.retained_barrier = None;
-                }
-                result = front_confirm(&mut self.gated), if self.gated.front().is_some_and(|g| g.confirm.is_some()) => {
-                    if let Some(front) = self.gated.front_mut() {
-                        front.confirm = None;
-                        front.failure = result.err();
+                event = boxed_opt(rare_wait), if rare_waiting => {
+                    if let Some(rare) = self.rare.as_deref_mut() {
+                        rare.on_event(event);
                     }
                 }
                 _ = keep_alive_timer.as_mut(), if !paused => {
@@ -952,10 +962,14 @@ impl Connection {
             p.payload.len() as u64,
         );
         let topic = if self.v5() {
-            match self
-                .inbound_aliases
-                .resolve(&p.topic, p.properties.topic_alias)
-            {
+            let resolved = match p.properties.topic_alias {
+                None => InboundAliases::plain(&p.topic),
+                Some(_) => self
+                    .rare()
+                    .inbound_aliases
+                    .resolve(&p.topic, p.properties.topic_alias),
+            };
+            match resolved {
                 Ok(t) => t,
                 Err(AliasError::Invalid) => {
                     return Err(Close::protocol(
@@ -1179,7 +1193,7 @@ impl Connection {
     ) {
         let done = self.flushed.as_ref().map(|f| f.borrow().done);
         let wait = generation.filter(|g| done.is_some_and(|done| *g > done));
-        if wait.is_none() && confirm.is_none() && self.gated.is_empty() {
+        if wait.is_none() && confirm.is_none() && self.gated_is_empty() {
             self.encode(&packet);
             return;
         }
@@ -1188,7 +1202,7 @@ impl Connection {
         {
             store.request_flush();
         }
-        self.gated.push_back(Gated {
+        self.rare().gated.push_back(Gated {
             generation: wait.unwrap_or(0),
             confirm,
             failure: None,
@@ -1208,7 +1222,9 @@ impl Connection {
                 failed: 0,
             },
         };
-        while let Some(front) = self.gated.front() {
+        while let Some(rare) = self.rare.as_deref_mut()
+            && let Some(front) = rare.gated.front()
+        {
             let g = front.generation;
             if (g > state.done && g > state.failed) || front.confirm.is_some() {
                 break;
@@ -1217,7 +1233,7 @@ impl Connection {
                 mut packet,
                 failure,
                 ..
-            }) = self.gated.pop_front()
+            }) = rare.gated.pop_front()
             else {
                 break;
             };
@@ -1364,7 +1380,7 @@ impl Connection {
                 {
                     // Checked for `read` as the cursor reaches each message.
                     Some(cursor) => {
-                        self.retained_cursors.push_back(cursor);
+                        self.rare().retained_cursors.push_back(cursor);
                         if let Some(cluster) = self.broker.cluster() {
                             // A fresh barrier covers the earlier ones too.
                             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1375,7 +1391,7 @@ impl Connection {
                                 }
                                 let _ = tx.send(());
                             });
-                            self.retained_barrier = Some(rx);
+                            self.rare().retained_barrier = Some(rx);
                         }
                     }
                     None => {
@@ -1530,14 +1546,17 @@ impl Connection {
         let Some(store) = self.broker.store().cloned() else {
             return;
         };
-        if self.retained_barrier.is_some() {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return;
+        };
+        if rare.retained_barrier.is_some() {
             return;
         }
         // Each retained message is checked for `read`, like a live delivery.
         let acl = self.broker.security().acl();
         let session = &self.session;
         let may_read = |topic: &str| acl.as_ref().is_none_or(|acl| session.may_read(acl, topic));
-        while let Some(cursor) = self.retained_cursors.front_mut() {
+        while let Some(cursor) = rare.retained_cursors.front_mut() {
             let pumped = cursor.pump(&store, session, RETAINED_SCAN_BUDGET, &may_read);
             if pumped.denied > 0 {
                 Stats::add(&self.broker.stats().acl_read_denied, pumped.denied as u64);
@@ -1549,7 +1568,7 @@ impl Connection {
                 );
             }
             if pumped.done {
-                self.retained_cursors.pop_front();
+                rare.retained_cursors.pop_front();
                 continue;
             }
             if pumped.queued > 0 || pumped.more {
@@ -1589,7 +1608,7 @@ impl Connection {
                 }
                 // [MQTT-3.1.2-25] a packet above the client's Maximum Packet Size is
                 // discarded as if sent.
-                if let Some(max) = self.accepted.client_max_packet_size {
+                if let Some(max) = self.client_max_packet_size {
                     let len = ferromq_codec::publish_encoded_len(&publish, self.protocol)
                         .unwrap_or(usize::MAX);
                     if len > max as usize {
@@ -1603,8 +1622,8 @@ impl Connection {
                         return;
                     }
                 }
-                if self.v5() && !dup {
-                    match self.outbound_aliases.lookup(&publish.topic) {
+                if self.v5() && !dup && self.client_topic_alias_maximum > 0 {
+                    match self.rare().outbound_aliases.lookup(&publish.topic) {
                         OutboundTopic::Plain => {}
                         OutboundTopic::Assign(a) => publish.properties.topic_alias = Some(a),
                         OutboundTopic::Reuse(a) => {
@@ -1626,7 +1645,7 @@ impl Connection {
                     &self.broker.stats().publish_bytes_sent,
                     publish.payload.len() as u64,
                 );
-                if self.flushed.is_some() && (generation.is_some() || !self.gated.is_empty()) {
+                if self.flushed.is_some() && (generation.is_some() || !self.gated_is_empty()) {
                     // Behind a durability gate: keep the order of everything sent.
                     self.send_after(generation, Packet::Publish(publish));
                     return;
@@ -1748,11 +1767,9 @@ fn describe(close: &Close) -> String {
 }
 
 /// Awaits `fut` if there is one (never resolves otherwise).
-async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
+async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) -> F::Output {
     match fut {
-        Some(f) => {
-            f.await;
-        }
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
@@ -1761,36 +1778,6 @@ async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
 async fn sleep_opt(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the group commit made progress (or never, without a store).
-/// An acknowledgement (or a PUBREL, or a PUBLISH behind one) held until its store
-/// write is durable and, on a cluster node, its confirmation came.
-struct Gated {
-    generation: u64,
-    confirm: Option<Confirm>,
-    /// The confirmation failed with this reason code.
-    failure: Option<ReasonCode>,
-    packet: Packet,
-}
-
-/// The confirmation the oldest held packet waits for.
-async fn front_confirm(gated: &mut VecDeque<Gated>) -> Result<(), ReasonCode> {
-    match gated.front_mut().and_then(|g| g.confirm.as_mut()) {
-        Some(confirm) => confirm.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_flushed(flushed: &mut Option<watch::Receiver<Flushed>>) {
-    match flushed {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
         None => std::future::pending().await,
     }
 }
