@@ -97,6 +97,8 @@ struct Shared {
     stats: Stats,
     next_session_id: AtomicU64,
     next_generation: AtomicU64,
+    /// Every session's queue limits (from the configuration, fixed for the broker's life).
+    queue_limits: Arc<QueueLimits>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
@@ -162,6 +164,12 @@ impl Broker {
         security: Security,
     ) -> Broker {
         let gate = ConnectionGate::new(&config.limits, crate::limits::fd_limit());
+        let queue_limits = Arc::new(QueueLimits {
+            max_messages: config.mqtt.max_queued_messages,
+            max_bytes: config.mqtt.max_queued_bytes,
+            queue_qos0: config.mqtt.queue_qos0_messages,
+            memory_window: config.persistence.queue_memory_window,
+        });
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -172,6 +180,7 @@ impl Broker {
                 stats: Stats::default(),
                 next_session_id: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
+                queue_limits,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
@@ -263,14 +272,9 @@ impl Broker {
         }
     }
 
-    fn queue_limits(&self) -> QueueLimits {
-        let m = self.mqtt();
-        QueueLimits {
-            max_messages: m.max_queued_messages,
-            max_bytes: m.max_queued_bytes,
-            queue_qos0: m.queue_qos0_messages,
-            memory_window: self.shared.config.persistence.queue_memory_window,
-        }
+    /// The queue limits every session shares (one allocation, not one per session).
+    fn queue_limits(&self) -> Arc<QueueLimits> {
+        self.shared.queue_limits.clone()
     }
 
     /// Finds or creates the session of `client_id` and attaches a new connection to it.

@@ -167,10 +167,10 @@ pub struct SessionInner {
     /// The username its current (or last) connection logged in with, for read ACL
     /// checks of deliveries (`user` blocks, `%u`).
     pub username: Option<ByteString>,
-    /// Deliveries dropped on a full queue since the last log line about it.
-    overflow_dropped: u64,
-    /// When that log line was written.
-    overflow_logged: Option<std::time::Instant>,
+    /// Deliveries dropped on a full queue since the last log line about it, and when
+    /// that line was written; allocated by the first drop (most sessions never
+    /// overflow).
+    overflow: Option<Box<(u64, std::time::Instant)>>,
 }
 
 /// A client session.
@@ -189,7 +189,7 @@ impl Session {
     pub fn new(
         id: SessionId,
         client_id: ByteString,
-        limits: QueueLimits,
+        limits: impl Into<Arc<QueueLimits>>,
         store: Option<Arc<Store>>,
     ) -> Arc<Session> {
         Arc::new(Session {
@@ -205,8 +205,7 @@ impl Session {
                 pending_will: None,
                 ended: false,
                 username: None,
-                overflow_dropped: 0,
-                overflow_logged: None,
+                overflow: None,
             }),
             notify: Notify::new(),
         })
@@ -401,15 +400,20 @@ impl Session {
     /// so a client that reads nothing is named in the log without flooding it.
     pub fn note_overflow(&self, now: std::time::Instant) -> Option<u64> {
         let mut inner = self.inner.lock();
-        inner.overflow_dropped += 1;
-        let due = inner
-            .overflow_logged
-            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(10));
-        if due {
-            inner.overflow_logged = Some(now);
-            Some(std::mem::take(&mut inner.overflow_dropped))
-        } else {
-            None
+        match inner.overflow.as_deref_mut() {
+            None => {
+                inner.overflow = Some(Box::new((0, now)));
+                Some(1)
+            }
+            Some((dropped, logged)) => {
+                *dropped += 1;
+                if now.saturating_duration_since(*logged) >= std::time::Duration::from_secs(10) {
+                    *logged = now;
+                    Some(std::mem::take(dropped))
+                } else {
+                    None
+                }
+            }
         }
     }
 
