@@ -1135,6 +1135,23 @@ impl Broker {
         }
     }
 
+    /// Starts the shutdown: cancels the shutdown token (accept loops, CONNECT phases,
+    /// timers) and asks every connected session's connection to close.
+    ///
+    /// No connection is missed: a link is installed under the registry lock, which
+    /// this takes after the cancel, and a connection checks the token once its link
+    /// is installed, before it first waits.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            let link = session.lock().link.clone();
+            if let Some(link) = link {
+                session.shut_down(&link);
+            }
+        }
+    }
+
     /// Kicks every connection (shutdown): v5 clients get DISCONNECT with `reason`.
     pub fn kick_all(&self, reason: ReasonCode) {
         let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();

@@ -368,7 +368,7 @@ impl Server {
         } else {
             Vec::new()
         };
-        broker.shutdown_token().cancel();
+        broker.begin_shutdown();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
             .await

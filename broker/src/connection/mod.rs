@@ -3,9 +3,9 @@
 //! The task owns the socket, its read and write buffers and the per-connection MQTT
 //! state (negotiated limits, topic aliases). It waits on four things at once, all
 //! cancel-safe: bytes from the socket (`read_buf` keeps partial frames in the buffer),
-//! its session's `Notify` (deliveries queued, and kicks: a takeover or admin kick
-//! marks the [`Link`] and wakes it), its keep-alive deadline, and the broker's
-//! shutdown. Everything queued for the socket is written in one
+//! its session's `Notify` (deliveries queued, and close requests: a takeover, an
+//! admin kick or the broker's shutdown marks the [`Link`] and wakes it), and its
+//! keep-alive deadline. Everything queued for the socket is written in one
 //! `write_all` per wake-up, with `TCP_NODELAY` set, so batches go out without waiting
 //! for Nagle (see `reference/benchmarks.md`).
 //!
@@ -35,7 +35,7 @@ use crate::broker::{Broker, Confirm, PendingWill, PublishRefused};
 use crate::limits::PublishThrottle;
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
-use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
+use crate::session::{Closing, ConnectionInfo as ClientInfo, Link, Session};
 use crate::stats::{DisconnectReason, Stats};
 use crate::store::{Flushed, Store};
 use alias::{AliasError, InboundAliases, OutboundTopic};
@@ -96,6 +96,15 @@ impl Close {
         Close::Protocol {
             reason,
             problem: problem.into(),
+        }
+    }
+}
+
+impl From<Closing> for Close {
+    fn from(closing: Closing) -> Close {
+        match closing {
+            Closing::Kicked(reason) => Close::Kicked(reason),
+            Closing::Shutdown => Close::Shutdown,
         }
     }
 }
@@ -350,17 +359,14 @@ where
 
     let mut conn = Connection {
         broker: broker.clone(),
-        peer,
         protocol: connect.protocol,
         session: opened.session.clone(),
         link: opened.link.clone(),
         session_expiry: accepted.session_expiry,
-        window: usize::from(
-            accepted
-                .client_receive_maximum
-                .min(cfg.max_inflight_messages),
-        )
-        .max(1),
+        window: accepted
+            .client_receive_maximum
+            .min(cfg.max_inflight_messages)
+            .max(1),
         wbuf: BytesMut::new(),
         store: if accepted.session_expiry > 0 {
             broker.store().cloned()
@@ -584,7 +590,6 @@ fn looks_like_http(buf: &[u8]) -> bool {
 
 struct Connection {
     broker: Broker,
-    peer: SocketAddr,
     protocol: ProtocolVersion,
     session: Arc<Session>,
     link: Link,
@@ -599,7 +604,7 @@ struct Connection {
     /// Current Session Expiry Interval (a v5 DISCONNECT may change it).
     session_expiry: u32,
     /// Outbound in-flight window: min(client Receive Maximum, max_inflight_messages).
-    window: usize,
+    window: u16,
     wbuf: BytesMut,
     /// The store, while this session is persistent.
     store: Option<Arc<Store>>,
@@ -634,6 +639,13 @@ impl Connection {
         self.rare.as_ref().is_none_or(|r| r.gated.is_empty())
     }
 
+    /// The client's address, for logs (kept once, in the link's info).
+    fn peer(&self) -> SocketAddr {
+        self.link
+            .info()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr)
+    }
+
     /// This client, for ACL checks.
     fn subject(&self) -> Subject<'_> {
         Subject {
@@ -642,167 +654,201 @@ impl Connection {
         }
     }
 
-    async fn run<S>(&mut self, stream: &mut S, mut rbuf: BytesMut) -> Close
+    /// The connection's loop, until it closes.
+    ///
+    /// Not an `async fn`: one keeps a copy of each argument in its state next to the
+    /// locals they move into; the `async move` block uses its captures in place.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of the read buffer in every connection"
+    )]
+    fn run<'a, S>(
+        &'a mut self,
+        stream: &'a mut S,
+        mut rbuf: BytesMut,
+    ) -> impl std::future::Future<Output = Close> + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let keep_alive =
-            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
-        let far = Duration::from_secs(86_400 * 365);
-        // The keep-alive deadline moves with every packet received; the timer does not
-        // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
-        // was armed with and is re-armed then if the deadline has moved since.
-        let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
-        let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
-        // The other waits that last for the whole connection are created once too:
-        // each creation registers a waiter under a lock, each drop unregisters it.
-        // A kick (takeover, admin) wakes `work`: the link is checked on every wake-up.
-        let shutdown = self.broker.shutdown_token().clone();
-        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        let session = self.session.clone();
-        let mut work = std::pin::pin!(session.work_notified());
-        let mut was_paused = false;
-        let max_in = self.broker.mqtt().max_packet_size as usize;
-        // Anything that arrived together with the CONNECT.
-        if !rbuf.is_empty()
-            && let Err(close) = self.process_input(&mut rbuf, max_in)
-        {
-            return close;
-        }
-        if rbuf.is_empty() {
-            // The CONNECT's buffer: freed until data comes (as after any small read).
-            rbuf = BytesMut::new();
-        }
-        loop {
-            if let Err(close) = self.release_gated() {
+        async move {
+            // 1.5 times the keep alive [MQTT-3.1.2-24]; without one, a year.
+            let keep_alive = match self.keep_alive {
+                0 => Duration::from_secs(86_400 * 365),
+                k => Duration::from_millis(u64::from(k) * 1500),
+            };
+            // The keep-alive deadline moves with every packet received; the timer does not
+            // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
+            // was armed with and is re-armed then if the deadline has moved since.
+            let mut deadline = tokio::time::Instant::now() + keep_alive;
+            let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+            // The other waits that last for the whole connection are created once too:
+            // each creation registers a waiter under a lock, each drop unregisters it.
+            // A kick (takeover, admin) or the shutdown wakes `work`: the link is checked on
+            // every wake-up. A shutdown that began before this link was installed did not
+            // see it (see `Broker::begin_shutdown`): checked here, once.
+            if self.broker.shutdown_token().is_cancelled() {
+                return Close::Shutdown;
+            }
+            let session = self.session.clone();
+            let mut work = std::pin::pin!(session.work_notified());
+            let mut was_paused = false;
+            let max_in = self.broker.mqtt().max_packet_size as usize;
+            // Anything that arrived together with the CONNECT.
+            if !rbuf.is_empty()
+                && let Err(close) = self.process_input(&mut rbuf, max_in)
+            {
                 return close;
             }
-            self.pump_retained();
-            self.drain_session();
-            if !self.wbuf.is_empty() {
-                // The flush matters for TLS and WebSocket streams, which may hold
-                // bytes back until flushed; on TCP it is a no-op.
-                if self.link.is_kicked() {
-                    return Close::Kicked(self.link.kick_reason());
+            if rbuf.is_empty() {
+                // The CONNECT's buffer: freed until data comes (as after any small read).
+                rbuf = BytesMut::new();
+            }
+            loop {
+                if let Err(close) = self.release_gated() {
+                    return close;
                 }
-                let mut write = std::pin::pin!(async {
-                    stream.write_all(&self.wbuf).await?;
-                    stream.flush().await
-                });
-                // A wake-up while the write waits (a peer that reads slowly) may be a
-                // kick; other wake-ups are for deliveries, which the next loop picks
-                // up. The write is kept across them (`write_all` is not cancel-safe).
-                let written = loop {
-                    tokio::select! {
-                        biased;
-                        _ = work.as_mut() => {
-                            work.set(session.work_notified());
-                            if self.link.is_kicked() {
-                                return Close::Kicked(self.link.kick_reason());
+                self.pump_retained();
+                self.drain_session();
+                if !self.wbuf.is_empty() {
+                    // The flush matters for TLS and WebSocket streams, which may hold
+                    // bytes back until flushed; on TCP it is a no-op.
+                    if let Some(closing) = self.link.closing() {
+                        return Close::from(closing);
+                    }
+                    let mut write = std::pin::pin!(async {
+                        stream.write_all(&self.wbuf).await?;
+                        stream.flush().await
+                    });
+                    // A wake-up while the write waits (a peer that reads slowly) may be a
+                    // kick; other wake-ups are for deliveries, which the next loop picks
+                    // up. The write is kept across them (`write_all` is not cancel-safe).
+                    let written = loop {
+                        tokio::select! {
+                            biased;
+                            _ = work.as_mut() => {
+                                work.set(session.work_notified());
+                                if let Some(closing) = self.link.closing() {
+                                    return Close::from(closing);
+                                }
                             }
+                            r = write.as_mut() => break r,
                         }
-                        _ = shutting_down.as_mut() => return Close::Shutdown,
-                        r = write.as_mut() => break r,
+                    };
+                    if let Err(e) = written {
+                        return Close::Network(e.to_string());
                     }
+                    Stats::add(&self.broker.stats().bytes_sent, self.wbuf.len() as u64);
+                    self.wbuf.clear();
+                    if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
+                        self.wbuf = BytesMut::new();
+                    }
+                }
+                if let Some(closing) = self.link.closing() {
+                    return self.closing(closing, stream, &mut rbuf, max_in);
+                }
+                // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
+                let spare = (rbuf.capacity() - rbuf.len()).max(64);
+                // Publish rate limit: while in debt, do not read the socket (TCP flow control
+                // then slows the client down); deliveries to it go on.
+                let pause = match &mut self.throttle {
+                    Some(throttle) => throttle.pause(Instant::now()),
+                    None => Duration::ZERO,
                 };
-                if let Err(e) = written {
-                    return Close::Network(e.to_string());
+                let paused = !pause.is_zero();
+                if paused && !was_paused {
+                    Stats::add(&self.broker.stats().publish_throttled, 1);
+                    tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
                 }
-                Stats::add(&self.broker.stats().bytes_sent, self.wbuf.len() as u64);
-                self.wbuf.clear();
-                if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
-                    self.wbuf = BytesMut::new();
-                }
-            }
-            if self.link.is_kicked() {
-                return self.kicked(stream, &mut rbuf, max_in);
-            }
-            // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
-            let spare = (rbuf.capacity() - rbuf.len()).max(64);
-            // Publish rate limit: while in debt, do not read the socket (TCP flow control
-            // then slows the client down); deliveries to it go on.
-            let pause = match &mut self.throttle {
-                Some(throttle) => throttle.pause(Instant::now()),
-                None => Duration::ZERO,
-            };
-            let paused = !pause.is_zero();
-            if paused && !was_paused {
-                Stats::add(&self.broker.stats().publish_throttled, 1);
-                tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
-            }
-            was_paused = paused;
-            // Rare: the timer is allocated only while a pause runs.
-            let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
-            // Only while acknowledgements wait for the disk (strict durability, where
-            // the flush costs far more than the allocation) or a cluster confirmation,
-            // or retained messages for a read barrier: boxed, so that its state is not
-            // in every connection's future.
-            let flushing = self.flushed.is_some();
-            let rare_wait = self
-                .rare
-                .as_deref_mut()
-                .filter(|r| r.waiting(flushing))
-                .map(|r| Box::pin(rare::wait(r, &mut self.flushed)));
-            let rare_waiting = rare_wait.is_some();
-            tokio::select! {
-                biased;
-                _ = shutting_down.as_mut() => return Close::Shutdown,
-                _ = sleep_opt(&mut pause_timer), if paused => {
-                    // The client's PINGREQs waited unread in the socket: its keep alive
-                    // starts again now.
-                    deadline = deadline.max(tokio::time::Instant::now() + keep_alive.unwrap_or(far));
-                    // Packets already read and held back by the limit.
-                    if !rbuf.is_empty()
-                        && let Err(close) = self.process_input(&mut rbuf, max_in)
-                    {
-                        return close;
-                    }
-                }
-                read = stream.read_buf(&mut rbuf), if !paused => match read {
-                    Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
-                    Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
-                    Ok(n) => {
-                        Stats::add(&self.broker.stats().bytes_received, n as u64);
-                        let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
-                        if let Err(close) = self.process_input(&mut rbuf, max_in) {
+                was_paused = paused;
+                // Rare: the timer is allocated only while a pause runs.
+                let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
+                // Only while acknowledgements wait for the disk (strict durability, where
+                // the flush costs far more than the allocation) or a cluster confirmation,
+                // or retained messages for a read barrier: boxed, so that its state is not
+                // in every connection's future.
+                let flushing = self.flushed.is_some();
+                let rare_wait = self
+                    .rare
+                    .as_deref_mut()
+                    .filter(|r| r.waiting(flushing))
+                    .map(|r| Box::pin(rare::wait(r, &mut self.flushed)));
+                let rare_waiting = rare_wait.is_some();
+                tokio::select! {
+                    biased;
+                    _ = sleep_opt(&mut pause_timer), if paused => {
+                        // The client's PINGREQs waited unread in the socket: its keep alive
+                        // starts again now.
+                        deadline = deadline.max(tokio::time::Instant::now() + keep_alive);
+                        // Packets already read and held back by the limit.
+                        if !rbuf.is_empty()
+                            && let Err(close) = self.process_input(&mut rbuf, max_in)
+                        {
                             return close;
                         }
-                        let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
-                        if after != before {
-                            deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+                    }
+                    read = stream.read_buf(&mut rbuf), if !paused => match read {
+                        Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
+                        Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
+                        Ok(n) => {
+                            Stats::add(&self.broker.stats().bytes_received, n as u64);
+                            let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                            if let Err(close) = self.process_input(&mut rbuf, max_in) {
+                                return close;
+                            }
+                            let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                            if after != before {
+                                deadline = tokio::time::Instant::now() + keep_alive;
+                            }
+                            if rbuf.is_empty() && n < READ_SMALL {
+                                // Idle or light traffic: free the buffer until data comes.
+                                rbuf = BytesMut::new();
+                            } else if n >= spare {
+                                // The read filled the buffer: more is probably waiting.
+                                rbuf.reserve(READ_BUFFER);
+                            } else if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
+                                rbuf = BytesMut::with_capacity(READ_BUFFER);
+                            }
                         }
-                        if rbuf.is_empty() && n < READ_SMALL {
-                            // Idle or light traffic: free the buffer until data comes.
-                            rbuf = BytesMut::new();
-                        } else if n >= spare {
-                            // The read filled the buffer: more is probably waiting.
-                            rbuf.reserve(READ_BUFFER);
-                        } else if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
-                            rbuf = BytesMut::with_capacity(READ_BUFFER);
+                        Err(e) => return Close::Network(e.to_string()),
+                    },
+                    _ = work.as_mut() => {
+                        // Fired: a fresh one for the next wake-up (a notification that
+                        // comes meanwhile is kept as a permit, so none is lost).
+                        work.set(session.work_notified());
+                        if let Some(closing) = self.link.closing() {
+                            return self.closing(closing, stream, &mut rbuf, max_in);
                         }
                     }
-                    Err(e) => return Close::Network(e.to_string()),
-                },
-                _ = work.as_mut() => {
-                    // Fired: a fresh one for the next wake-up (a notification that
-                    // comes meanwhile is kept as a permit, so none is lost).
-                    work.set(session.work_notified());
-                    if self.link.is_kicked() {
-                        return self.kicked(stream, &mut rbuf, max_in);
+                    event = boxed_opt(rare_wait), if rare_waiting => {
+                        if let Some(rare) = self.rare.as_deref_mut() {
+                            rare.on_event(event);
+                        }
                     }
-                }
-                event = boxed_opt(rare_wait), if rare_waiting => {
-                    if let Some(rare) = self.rare.as_deref_mut() {
-                        rare.on_event(event);
+                    _ = keep_alive_timer.as_mut(), if !paused => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Close::KeepAlive;
+                        }
+                        keep_alive_timer.as_mut().reset(deadline);
                     }
-                }
-                _ = keep_alive_timer.as_mut(), if !paused => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Close::KeepAlive;
-                    }
-                    keep_alive_timer.as_mut().reset(deadline);
                 }
             }
+        }
+    }
+
+    /// Asked to close while waiting: a kick goes through [`Connection::kicked`].
+    fn closing<S>(
+        &mut self,
+        closing: Closing,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        max_in: usize,
+    ) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match closing {
+            Closing::Shutdown => Close::Shutdown,
+            Closing::Kicked(_) => self.kicked(stream, rbuf, max_in),
         }
     }
 
@@ -1354,7 +1400,7 @@ impl Connection {
                     // Once per connection: a client looping on SUBSCRIBE must not
                     // flood the log.
                     self.quota_logged = true;
-                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer, limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
+                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer(), limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
                 }
                 Stats::add(&self.broker.stats().subscription_quota_exceeded, 1);
                 codes.push(self.subscribe_failure(ReasonCode::QUOTA_EXCEEDED));
@@ -1477,7 +1523,10 @@ impl Connection {
         {
             let mut inner = self.session.lock();
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match self.session.next_outgoing(&mut inner, self.window, now) {
+                match self
+                    .session
+                    .next_outgoing(&mut inner, usize::from(self.window), now)
+                {
                     Some(out) => {
                         if let Outgoing::Publish { delivery, .. } = &out {
                             bytes += delivery.message.weight();
@@ -1677,11 +1726,11 @@ impl Connection {
         let disconnect_reason = match &close {
             Close::Protocol { reason, problem } => {
                 Stats::add(&self.broker.stats().protocol_errors, 1);
-                tracing::warn!(client_id = %client_id, addr = %self.peer, reason = %reason, "closing connection: {problem}");
+                tracing::warn!(client_id = %client_id, addr = %self.peer(), reason = %reason, "closing connection: {problem}");
                 Some(*reason)
             }
             Close::KeepAlive => {
-                tracing::info!(client_id = %client_id, addr = %self.peer, "closing connection: keep alive timeout");
+                tracing::info!(client_id = %client_id, addr = %self.peer(), "closing connection: keep alive timeout");
                 Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
             }
             Close::Kicked(reason) => Some(*reason),
@@ -1710,7 +1759,7 @@ impl Connection {
             Close::Shutdown => None,
             _ => will,
         };
-        tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
+        tracing::info!(client_id = %client_id, addr = %self.peer(), reason = %describe(&close), "client disconnected");
         self.broker
             .close_connection(&self.session, &self.link, will, self.session_expiry);
         // Detached first, linger after: a takeover waits for the detach, and the new

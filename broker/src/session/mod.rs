@@ -65,7 +65,9 @@ pub struct ConnectionInfo {
 /// which the connection waits on anyway: an idle connection then waits on one
 /// notification instead of also holding a cancellation token of its own (~112 bytes
 /// on the heap, ~72 in its future), and the detach is a `Notify` here instead of a
-/// second token.
+/// second token. The broker's shutdown reaches connections the same way
+/// ([`Session::shut_down`], from `Broker::begin_shutdown`), so the loop does not
+/// wait on the shutdown token either.
 #[derive(Debug, Clone)]
 pub struct Link {
     /// Distinguishes successive connections of one session, so a connection that was
@@ -74,12 +76,26 @@ pub struct Link {
     shared: Arc<LinkShared>,
 }
 
+/// Why a connection is asked to close ([`Link::closing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Takeover or administrative kick, with the v5 DISCONNECT reason.
+    Kicked(ReasonCode),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// [`LinkShared::closing`] values.
+const OPEN: u8 = 0;
+const KICKED: u8 = 1;
+const SHUTDOWN: u8 = 2;
+
 /// The part of a [`Link`] shared between the session and its connection.
 #[derive(Debug)]
 struct LinkShared {
-    /// Set (Release) once the connection is asked to close (takeover, admin kick);
-    /// the reason is stored before it.
-    kicked: AtomicBool,
+    /// [`OPEN`], or why the connection is asked to close ([`KICKED`]: takeover, admin
+    /// kick, with `kick_reason` stored before; [`SHUTDOWN`]). The first request wins.
+    closing: AtomicU8,
     /// The reason the connection sends in its DISCONNECT when kicked (v5).
     kick_reason: AtomicU8,
     /// Set by the connection once it has detached from the session.
@@ -95,7 +111,7 @@ impl Link {
         Link {
             generation,
             shared: Arc::new(LinkShared {
-                kicked: AtomicBool::new(false),
+                closing: AtomicU8::new(OPEN),
                 kick_reason: AtomicU8::new(ReasonCode::SESSION_TAKEN_OVER.0),
                 detached: AtomicBool::new(false),
                 detach_waiters: Notify::new(),
@@ -107,12 +123,24 @@ impl Link {
     /// Marks the link kicked; [`Session::kick`] also wakes the connection.
     fn mark_kicked(&self, reason: ReasonCode) {
         self.shared.kick_reason.store(reason.0, Ordering::Relaxed);
-        self.shared.kicked.store(true, Ordering::Release);
+        self.request_close(KICKED);
     }
 
-    /// Whether the connection was asked to close.
-    pub fn is_kicked(&self) -> bool {
-        self.shared.kicked.load(Ordering::Acquire)
+    /// Records the first close request ([`KICKED`], [`SHUTDOWN`]).
+    fn request_close(&self, why: u8) {
+        let _ =
+            self.shared
+                .closing
+                .compare_exchange(OPEN, why, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether, and why, the connection was asked to close.
+    pub fn closing(&self) -> Option<Closing> {
+        match self.shared.closing.load(Ordering::Acquire) {
+            OPEN => None,
+            SHUTDOWN => Some(Closing::Shutdown),
+            _ => Some(Closing::Kicked(self.kick_reason())),
+        }
     }
 
     pub fn kick_reason(&self) -> ReasonCode {
@@ -392,6 +420,13 @@ impl Session {
     /// wakes. `link` is this session's current or a former link.
     pub fn kick(&self, link: &Link, reason: ReasonCode) {
         link.mark_kicked(reason);
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection serving `link` to close because the broker shuts down
+    /// (v5 DISCONNECT 0x8B, no will), as [`Session::kick`] does.
+    pub fn shut_down(&self, link: &Link) {
+        link.request_close(SHUTDOWN);
         self.notify.notify_one();
     }
 
