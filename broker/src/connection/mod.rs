@@ -320,9 +320,10 @@ where
     }
     // The decoded strings are slices of the CONNECT's read buffer: copies, so that
     // the session and the login do not keep that whole buffer alive for the
-    // connection's life (~256 bytes per idle connection).
+    // connection's life (~256 bytes per idle connection). The username is one
+    // `Arc<str>` that the connection and the session share.
     accepted.client_id = ByteString::from(&*accepted.client_id);
-    identity.username = identity.username.as_deref().map(ByteString::from);
+    let username: Option<Arc<str>> = identity.username.take().as_deref().map(Arc::from);
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -331,7 +332,7 @@ where
         )
         .await;
     // Read ACL checks of deliveries to this session use the latest login's username.
-    opened.session.lock().username = identity.username.clone();
+    opened.session.lock().username = username.clone();
     let ack = handshake::connack(&accepted, &connect, &cfg, opened.session_present);
     let will = handshake::pending_will(&connect, opened.session.id);
     tracing::info!(
@@ -378,7 +379,7 @@ where
         keep_alive: accepted.keep_alive,
         client_max_packet_size: accepted.client_max_packet_size,
         client_topic_alias_maximum: accepted.client_topic_alias_maximum,
-        identity,
+        username,
         throttle: Some(PublishThrottle::new(
             &broker.config().limits,
             Instant::now(),
@@ -612,8 +613,8 @@ struct Connection {
     flushed: Option<watch::Receiver<Flushed>>,
     /// Topic aliases, held acknowledgements, retained cursors: see [`rare`].
     rare: Option<Box<Rare>>,
-    /// Who logged in, for ACL checks.
-    identity: Identity,
+    /// Who logged in ([`Identity::username`]), for ACL checks.
+    username: Option<Arc<str>>,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
     /// Boxed, and only when a rate is configured: most connections have none.
     throttle: Option<Box<PublishThrottle>>,
@@ -649,7 +650,7 @@ impl Connection {
     /// This client, for ACL checks.
     fn subject(&self) -> Subject<'_> {
         Subject {
-            username: self.identity.username.as_deref(),
+            username: self.username.as_deref(),
             client_id: &self.session.client_id,
         }
     }

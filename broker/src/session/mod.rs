@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`state`]: the delivery state machine (queue, in-flight window, packet ids),
 //!   free of I/O and unit-tested on its own.
+//! - [`subscriptions`]: the session's filters, allocated by the first one.
 //!
 //! # Queues beyond the memory window
 //! A persistent session's QoS 1/2 deliveries are in the store anyway; beyond
@@ -19,8 +20,8 @@
 //! nobody else does), which keeps store order and queue order trivially the same.
 
 pub mod state;
+pub mod subscriptions;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -35,6 +36,7 @@ use crate::message::{Delivery, SessionId};
 use crate::store::{SessionRecord, Store, SubscriptionRow};
 use state::Outgoing;
 pub use state::{DropReason, QueueLimits, SessionState};
+pub use subscriptions::Subscriptions;
 
 /// A subscription as the session remembers it (to re-create, list and remove it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +183,7 @@ impl Link {
 pub struct SessionInner {
     pub delivery: SessionState,
     /// Filter (as the client sent it, `$share/...` included) to options.
-    pub subscriptions: HashMap<ByteString, SubscriptionRecord>,
+    pub subscriptions: Subscriptions,
     /// The serving connection; `None` while offline.
     pub link: Option<Link>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires [MQTT-3.1.2-23].
@@ -194,7 +196,9 @@ pub struct SessionInner {
     pub ended: bool,
     /// The username its current (or last) connection logged in with, for read ACL
     /// checks of deliveries (`user` blocks, `%u`).
-    pub username: Option<ByteString>,
+    /// An `Arc<str>` (16 bytes) rather than a `ByteString` (32): read far less often
+    /// than every session carries it.
+    pub username: Option<Arc<str>>,
     /// Deliveries dropped on a full queue since the last log line about it, and when
     /// that line was written; allocated by the first drop (most sessions never
     /// overflow).
@@ -226,7 +230,7 @@ impl Session {
             store,
             inner: Mutex::new(SessionInner {
                 delivery: SessionState::new(limits),
-                subscriptions: HashMap::new(),
+                subscriptions: Subscriptions::default(),
                 link: None,
                 expiry_interval: 0,
                 offline_timer: None,
