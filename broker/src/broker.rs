@@ -15,7 +15,6 @@
 //! Publishing takes `router` (shared) to compute deliveries, releases it, then locks each
 //! target session briefly to enqueue: a publisher never holds two locks at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use crate::stats::Stats;
 use crate::store::{Loaded, Store};
 
 mod inspect;
+mod registry;
 pub use inspect::{SessionSnapshot, SubscriptionSnapshot};
 
 /// How long a new connection waits for the connection it takes over to let go.
@@ -91,7 +91,7 @@ pub struct OpenedSession {
 struct Shared {
     config: Arc<Config>,
     store: Option<Arc<Store>>,
-    sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    sessions: Mutex<registry::Registry>,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore>,
     stats: Stats,
@@ -174,7 +174,7 @@ impl Broker {
             shared: Arc::new(Shared {
                 config,
                 store,
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(registry::Registry::default()),
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(RetainedStore::default()),
                 stats: Stats::default(),
@@ -310,7 +310,7 @@ impl Broker {
                                 registry.remove(&client_id);
                                 self.delete_stored(&existing);
                                 let fresh = self.new_session(&client_id, expiry_interval);
-                                registry.insert(client_id.clone(), fresh.session.clone());
+                                registry.insert(fresh.session.clone());
                                 drop(registry);
                                 self.remove_subscriptions(&existing);
                                 if let Some(will) = will {
@@ -347,7 +347,7 @@ impl Broker {
                     }
                     None => {
                         let fresh = self.new_session(&client_id, expiry_interval);
-                        registry.insert(client_id.clone(), fresh.session.clone());
+                        registry.insert(fresh.session.clone());
                         return fresh;
                     }
                 }
@@ -972,10 +972,7 @@ impl Broker {
                 }
             }
             drop(router);
-            self.shared
-                .sessions
-                .lock()
-                .insert(client_id, session.clone());
+            self.shared.sessions.lock().insert(session.clone());
             self.start_offline_timer(session, will_delay, remaining_expiry, timer);
             restored += 1;
         }
