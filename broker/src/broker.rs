@@ -15,7 +15,6 @@
 //! Publishing takes `router` (shared) to compute deliveries, releases it, then locks each
 //! target session briefly to enqueue: a publisher never holds two locks at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use crate::stats::Stats;
 use crate::store::{Loaded, Store};
 
 mod inspect;
+mod registry;
 pub use inspect::{SessionSnapshot, SubscriptionSnapshot};
 
 /// How long a new connection waits for the connection it takes over to let go.
@@ -99,12 +99,14 @@ pub struct OpenedSession {
 struct Shared {
     config: Arc<Config>,
     store: Option<Arc<Store>>,
-    sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    sessions: Mutex<registry::Registry>,
     router: RwLock<Router>,
     retained: RwLock<RetainedStore>,
     stats: Stats,
     next_session_id: AtomicU64,
     next_generation: AtomicU64,
+    /// Every session's queue limits (from the configuration, fixed for the broker's life).
+    queue_limits: Arc<QueueLimits>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
@@ -119,7 +121,7 @@ struct Shared {
     /// Cluster node: persistent sessions handed over to another node whose routes
     /// here are kept for a while, so deliveries that still reach them are relayed to
     /// the new owner (see [`Broker::hand_over_session`]). Session id -> new owner.
-    moved: Mutex<HashMap<SessionId, u64>>,
+    moved: Mutex<std::collections::HashMap<SessionId, u64>>,
     /// Notified whenever a session handed over by another node is imported, for
     /// relayed deliveries waiting for it ([`Broker::deliver_to_moved`]).
     imported: tokio::sync::Notify,
@@ -177,16 +179,23 @@ impl Broker {
         security: Security,
     ) -> Broker {
         let gate = ConnectionGate::new(&config.limits, crate::limits::fd_limit());
+        let queue_limits = Arc::new(QueueLimits {
+            max_messages: config.mqtt.max_queued_messages,
+            max_bytes: config.mqtt.max_queued_bytes,
+            queue_qos0: config.mqtt.queue_qos0_messages,
+            memory_window: config.persistence.queue_memory_window,
+        });
         Broker {
             shared: Arc::new(Shared {
                 config,
                 store,
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(registry::Registry::default()),
                 router: RwLock::new(Router::default()),
                 retained: RwLock::new(RetainedStore::default()),
                 stats: Stats::default(),
                 next_session_id: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
+                queue_limits,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
@@ -194,7 +203,7 @@ impl Broker {
                 gate,
                 retained_budget_logged: AtomicU64::new(u64::MAX),
                 cluster: std::sync::OnceLock::new(),
-                moved: Mutex::new(HashMap::new()),
+                moved: Mutex::new(std::collections::HashMap::new()),
                 imported: tokio::sync::Notify::new(),
             }),
         }
@@ -280,14 +289,9 @@ impl Broker {
         }
     }
 
-    fn queue_limits(&self) -> QueueLimits {
-        let m = self.mqtt();
-        QueueLimits {
-            max_messages: m.max_queued_messages,
-            max_bytes: m.max_queued_bytes,
-            queue_qos0: m.queue_qos0_messages,
-            memory_window: self.shared.config.persistence.queue_memory_window,
-        }
+    /// The queue limits every session shares (one allocation, not one per session).
+    fn queue_limits(&self) -> Arc<QueueLimits> {
+        self.shared.queue_limits.clone()
     }
 
     /// Finds or creates the session of `client_id` and attaches a new connection to it.
@@ -323,7 +327,7 @@ impl Broker {
                                 registry.remove(&client_id);
                                 self.delete_stored(&existing);
                                 let fresh = self.new_session(&client_id, expiry_interval);
-                                registry.insert(client_id.clone(), fresh.session.clone());
+                                registry.insert(fresh.session.clone());
                                 drop(registry);
                                 self.remove_subscriptions(&existing);
                                 if let Some(will) = will {
@@ -360,15 +364,14 @@ impl Broker {
                     }
                     None => {
                         let fresh = self.new_session(&client_id, expiry_interval);
-                        registry.insert(client_id.clone(), fresh.session.clone());
+                        registry.insert(fresh.session.clone());
                         return fresh;
                     }
                 }
             };
             if let Some((session, link)) = busy {
-                link.kick(ReasonCode::SESSION_TAKEN_OVER);
-                let released =
-                    tokio::time::timeout(TAKEOVER_TIMEOUT, link.detached.cancelled()).await;
+                session.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
+                let released = tokio::time::timeout(TAKEOVER_TIMEOUT, link.detached()).await;
                 if released.is_err() {
                     // The old connection is stuck (e.g. blocked writing to a peer that
                     // reads nothing): detach it by force; its task notices the kick.
@@ -477,7 +480,7 @@ impl Broker {
                 );
             }
         }
-        link.detached.cancel();
+        link.detach();
     }
 
     /// While a session is offline: publish its delayed will at the smaller of the Will
@@ -1022,10 +1025,7 @@ impl Broker {
                 }
             }
             drop(router);
-            self.shared
-                .sessions
-                .lock()
-                .insert(client_id, session.clone());
+            self.shared.sessions.lock().insert(session.clone());
             self.start_offline_timer(session, will_delay, remaining_expiry, timer);
             restored += 1;
         }
@@ -1117,8 +1117,8 @@ impl Broker {
         let existing = self.shared.sessions.lock().get(client_id).cloned()?;
         let link = existing.lock().link.clone();
         if let Some(link) = link {
-            link.kick(ReasonCode::SESSION_TAKEN_OVER);
-            let _ = tokio::time::timeout(wait, link.detached.cancelled()).await;
+            existing.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
+            let _ = tokio::time::timeout(wait, link.detached()).await;
         }
         self.shared.moved.lock().insert(existing.id, to);
         let blob = {
@@ -1189,7 +1189,7 @@ impl Broker {
             };
             let mut inner = session.lock();
             if let Some(link) = &inner.link {
-                link.kick(ReasonCode::SESSION_TAKEN_OVER);
+                session.kick(link, ReasonCode::SESSION_TAKEN_OVER);
             }
             inner.link = None;
             inner.ended = true;
@@ -1227,8 +1227,7 @@ impl Broker {
         match link {
             Some(link) => {
                 let since = link
-                    .info
-                    .get()
+                    .info()
                     .map(|i| crate::store::codec::system_time_to_unix_ms(i.connected_at))
                     .unwrap_or(0);
                 if since <= connected_at_ms {
@@ -1237,10 +1236,27 @@ impl Broker {
                         node = from,
                         "client id connected on another node: closing the older connection here"
                     );
-                    link.kick(ReasonCode::SESSION_TAKEN_OVER);
+                    session.kick(&link, ReasonCode::SESSION_TAKEN_OVER);
                 }
             }
             None => self.drop_local_session(&id),
+        }
+    }
+
+    /// Starts the shutdown: cancels the shutdown token (accept loops, CONNECT phases,
+    /// timers) and asks every connected session's connection to close.
+    ///
+    /// No connection is missed: a link is installed under the registry lock, which
+    /// this takes after the cancel, and a connection checks the token once its link
+    /// is installed, before it first waits.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            let link = session.lock().link.clone();
+            if let Some(link) = link {
+                session.shut_down(&link);
+            }
         }
     }
 
@@ -1248,8 +1264,9 @@ impl Broker {
     pub fn kick_all(&self, reason: ReasonCode) {
         let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
         for session in sessions {
-            if let Some(link) = session.lock().link.clone() {
-                link.kick(reason);
+            let link = session.lock().link.clone();
+            if let Some(link) = link {
+                session.kick(&link, reason);
             }
         }
     }

@@ -8,6 +8,7 @@
 //! clients DISCONNECT 0x8B and closes, and the server waits for connection tasks up to
 //! a grace period.
 
+use futures::FutureExt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -368,7 +369,7 @@ impl Server {
         } else {
             Vec::new()
         };
-        broker.shutdown_token().cancel();
+        broker.begin_shutdown();
         broker.tasks().close();
         if tokio::time::timeout(SHUTDOWN_GRACE, broker.tasks().wait())
             .await
@@ -463,12 +464,13 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener, broker: Broker) {
             None => None,
         };
         let _ = socket.set_nodelay(true);
-        let b = broker.clone();
-        let l = l.clone();
-        broker.tasks().spawn(async move {
-            transport::serve_socket(socket, peer, l, b).await;
+        // A combinator, not an `async` block: the block would keep the socket, the
+        // address and the handles it moves into `serve_socket` in its own state too,
+        // for the connection's whole life.
+        let serve = transport::serve_socket(socket, peer, l.clone(), broker.clone());
+        broker.tasks().spawn(serve.map(move |()| {
             drop(permit);
             drop(admission);
-        });
+        }));
     }
 }

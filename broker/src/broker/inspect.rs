@@ -86,7 +86,7 @@ impl Broker {
         subscriptions.sort_by(|a, b| (&a.share_group, &a.filter).cmp(&(&b.share_group, &b.filter)));
         SessionSnapshot {
             client_id: session.client_id.clone(),
-            connection: inner.link.as_ref().and_then(|l| l.info.get().cloned()),
+            connection: inner.link.as_ref().and_then(|l| l.info().cloned()),
             online: inner.link.is_some(),
             subscriptions,
             queued: inner.delivery.queued(),
@@ -135,7 +135,7 @@ impl Broker {
         let link = session.lock().link.clone();
         match link {
             Some(link) => {
-                link.kick(reason);
+                session.kick(&link, reason);
                 true
             }
             None => false,

@@ -36,6 +36,15 @@ impl InboundAliases {
         }
     }
 
+    /// Resolves the topic of an incoming PUBLISH without a Topic Alias (no table needed).
+    pub fn plain(topic: &ByteString) -> Result<ByteString, AliasError> {
+        if topic.is_empty() {
+            Err(AliasError::MissingTopic)
+        } else {
+            Ok(topic.clone())
+        }
+    }
+
     /// Resolves the topic of an incoming PUBLISH.
     pub fn resolve(
         &mut self,
@@ -43,8 +52,7 @@ impl InboundAliases {
         alias: Option<u16>,
     ) -> Result<ByteString, AliasError> {
         match alias {
-            None if topic.is_empty() => Err(AliasError::MissingTopic),
-            None => Ok(topic.clone()),
+            None => Self::plain(topic),
             Some(a) => {
                 let slot = usize::from(a);
                 if a == 0 || a > self.maximum {

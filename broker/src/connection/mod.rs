@@ -3,18 +3,21 @@
 //! The task owns the socket, its read and write buffers and the per-connection MQTT
 //! state (negotiated limits, topic aliases). It waits on four things at once, all
 //! cancel-safe: bytes from the socket (`read_buf` keeps partial frames in the buffer),
-//! deliveries queued for its session (`Notify`), its keep-alive deadline, and a kick
-//! (takeover, shutdown). Everything queued for the socket is written in one
+//! its session's `Notify` (deliveries queued, and close requests: a takeover, an
+//! admin kick or the broker's shutdown marks the [`Link`] and wakes it), and its
+//! keep-alive deadline. Everything queued for the socket is written in one
 //! `write_all` per wake-up, with `TCP_NODELAY` set, so batches go out without waiting
 //! for Nagle (see `reference/benchmarks.md`).
 //!
 //! # Layout
 //! - [`handshake`]: CONNECT rules and the CONNACK.
 //! - [`alias`]: topic aliases in both directions.
+//! - [`rare`]: the parts most connections never use, allocated on first use.
 //! - this file: the read/dispatch/write loop and packet handlers.
 
 pub mod alias;
 pub mod handshake;
+mod rare;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,13 +35,13 @@ use crate::broker::{Broker, Confirm, PendingWill, PublishRefused};
 use crate::limits::PublishThrottle;
 use crate::message::Message;
 use crate::session::state::{IncomingQos2, Outgoing, PubRecOutcome, Stage};
-use crate::session::{ConnectionInfo as ClientInfo, Link, Session};
+use crate::session::{Closing, ConnectionInfo as ClientInfo, Link, Session};
 use crate::stats::{DisconnectReason, Stats};
 use crate::store::{Flushed, Store};
-use alias::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
+use alias::{AliasError, InboundAliases, OutboundTopic};
 use futures::FutureExt;
 use handshake::Accepted;
-use std::collections::VecDeque;
+use rare::{Gated, Rare};
 use tokio::sync::watch;
 
 /// Read buffer of a busy connection; grows up to the maximum packet size for large
@@ -93,6 +96,15 @@ impl Close {
         Close::Protocol {
             reason,
             problem: problem.into(),
+        }
+    }
+}
+
+impl From<Closing> for Close {
+    fn from(closing: Closing) -> Close {
+        match closing {
+            Closing::Kicked(reason) => Close::Kicked(reason),
+            Closing::Shutdown => Close::Shutdown,
         }
     }
 }
@@ -308,9 +320,10 @@ where
     }
     // The decoded strings are slices of the CONNECT's read buffer: copies, so that
     // the session and the login do not keep that whole buffer alive for the
-    // connection's life (~256 bytes per idle connection).
+    // connection's life (~256 bytes per idle connection). The username is one
+    // `Arc<str>` that the connection and the session share.
     accepted.client_id = ByteString::from(&*accepted.client_id);
-    identity.username = identity.username.as_deref().map(ByteString::from);
+    let username: Option<Arc<str>> = identity.username.take().as_deref().map(Arc::from);
     let opened = broker
         .open_session(
             accepted.client_id.clone(),
@@ -319,7 +332,7 @@ where
         )
         .await;
     // Read ACL checks of deliveries to this session use the latest login's username.
-    opened.session.lock().username = identity.username.clone();
+    opened.session.lock().username = username.clone();
     let ack = handshake::connack(&accepted, &connect, &cfg, opened.session_present);
     let will = handshake::pending_will(&connect, opened.session.id);
     tracing::info!(
@@ -337,7 +350,7 @@ where
     broker
         .stats()
         .connection_opened(&listener, connect.protocol);
-    let _ = opened.link.info.set(ClientInfo {
+    opened.link.set_info(ClientInfo {
         addr: peer,
         listener: listener.clone(),
         protocol: connect.protocol,
@@ -347,19 +360,14 @@ where
 
     let mut conn = Connection {
         broker: broker.clone(),
-        peer,
         protocol: connect.protocol,
         session: opened.session.clone(),
         link: opened.link.clone(),
         session_expiry: accepted.session_expiry,
-        window: usize::from(
-            accepted
-                .client_receive_maximum
-                .min(cfg.max_inflight_messages),
-        )
-        .max(1),
-        inbound_aliases: InboundAliases::new(cfg.topic_alias_maximum),
-        outbound_aliases: OutboundAliases::new(accepted.client_topic_alias_maximum),
+        window: accepted
+            .client_receive_maximum
+            .min(cfg.max_inflight_messages)
+            .max(1),
         wbuf: BytesMut::new(),
         store: if accepted.session_expiry > 0 {
             broker.store().cloned()
@@ -367,11 +375,11 @@ where
             None
         },
         flushed: broker.store().filter(|s| s.strict()).map(|s| s.flushed()),
-        gated: VecDeque::new(),
-        retained_cursors: VecDeque::new(),
-        retained_barrier: None,
-        accepted,
-        identity,
+        rare: None,
+        keep_alive: accepted.keep_alive,
+        client_max_packet_size: accepted.client_max_packet_size,
+        client_topic_alias_maximum: accepted.client_topic_alias_maximum,
+        username,
         throttle: Some(PublishThrottle::new(
             &broker.config().limits,
             Instant::now(),
@@ -583,35 +591,30 @@ fn looks_like_http(buf: &[u8]) -> bool {
 
 struct Connection {
     broker: Broker,
-    peer: SocketAddr,
     protocol: ProtocolVersion,
     session: Arc<Session>,
     link: Link,
-    accepted: Accepted,
+    /// The keep alive the broker enforces (seconds, 0 = none).
+    keep_alive: u16,
+    /// The client's Maximum Packet Size [MQTT-3.1.2-24].
+    client_max_packet_size: Option<u32>,
+    /// How many topic aliases the client accepts from us.
+    client_topic_alias_maximum: u16,
     /// The MQTT settings are read from `broker.mqtt()` (shared, fixed for the
     /// broker's life), not copied into every connection.
     /// Current Session Expiry Interval (a v5 DISCONNECT may change it).
     session_expiry: u32,
     /// Outbound in-flight window: min(client Receive Maximum, max_inflight_messages).
-    window: usize,
-    inbound_aliases: InboundAliases,
-    outbound_aliases: OutboundAliases,
+    window: u16,
     wbuf: BytesMut,
     /// The store, while this session is persistent.
     store: Option<Arc<Store>>,
     /// Group-commit progress, in strict durability mode.
     flushed: Option<watch::Receiver<Flushed>>,
-    /// Packets that may go out only once the store generation they carry is on disk
-    /// (PUBACK/PUBREC of stored messages, PUBREL), in order: once one waits, later
-    /// acknowledgements queue behind it [MQTT-4.6.0-2] [MQTT-4.6.0-3].
-    gated: VecDeque<Gated>,
-    /// Retained messages still to send for SUBSCRIBEs (persistence on), in order.
-    retained_cursors: VecDeque<crate::retained::RetainedCursor>,
-    /// Cluster node: the read barrier the retained cursors wait for, so a SUBSCRIBE
-    /// sees every retained write acknowledged anywhere before it (read-your-writes).
-    retained_barrier: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// Who logged in, for ACL checks.
-    identity: Identity,
+    /// Topic aliases, held acknowledgements, retained cursors: see [`rare`].
+    rare: Option<Box<Rare>>,
+    /// Who logged in ([`Identity::username`]), for ACL checks.
+    username: Option<Arc<str>>,
     /// `limits.publish_rate_*`: while in debt, the socket is not read.
     /// Boxed, and only when a rate is configured: most connections have none.
     throttle: Option<Box<PublishThrottle>>,
@@ -624,156 +627,229 @@ impl Connection {
         self.protocol.is_v5()
     }
 
+    /// The rarely used parts, allocated on first use (see [`rare`]).
+    fn rare(&mut self) -> &mut Rare {
+        let inbound = self.broker.mqtt().topic_alias_maximum;
+        let outbound = self.client_topic_alias_maximum;
+        self.rare
+            .get_or_insert_with(|| Box::new(Rare::new(inbound, outbound)))
+    }
+
+    /// No packet is held back for the disk or a confirmation.
+    fn gated_is_empty(&self) -> bool {
+        self.rare.as_ref().is_none_or(|r| r.gated.is_empty())
+    }
+
+    /// The client's address, for logs (kept once, in the link's info).
+    fn peer(&self) -> SocketAddr {
+        self.link
+            .info()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr)
+    }
+
     /// This client, for ACL checks.
     fn subject(&self) -> Subject<'_> {
         Subject {
-            username: self.identity.username.as_deref(),
+            username: self.username.as_deref(),
             client_id: &self.session.client_id,
         }
     }
 
-    async fn run<S>(&mut self, stream: &mut S, mut rbuf: BytesMut) -> Close
+    /// The connection's loop, until it closes.
+    ///
+    /// Not an `async fn`: one keeps a copy of each argument in its state next to the
+    /// locals they move into; the `async move` block uses its captures in place.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of the read buffer in every connection"
+    )]
+    fn run<'a, S>(
+        &'a mut self,
+        stream: &'a mut S,
+        mut rbuf: BytesMut,
+    ) -> impl std::future::Future<Output = Close> + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let keep_alive = (self.accepted.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(self.accepted.keep_alive) * 1500));
-        let far = Duration::from_secs(86_400 * 365);
-        // The keep-alive deadline moves with every packet received; the timer does not
-        // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
-        // was armed with and is re-armed then if the deadline has moved since.
-        let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
-        let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
-        // The other waits that last for the whole connection are created once too:
-        // each creation registers a waiter under a lock, each drop unregisters it.
-        let kick = self.link.kick.clone();
-        let mut kicked = std::pin::pin!(kick.cancelled());
-        let shutdown = self.broker.shutdown_token().clone();
-        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        let session = self.session.clone();
-        let mut work = std::pin::pin!(session.work_notified());
-        let mut was_paused = false;
-        let max_in = self.broker.mqtt().max_packet_size as usize;
-        // Anything that arrived together with the CONNECT.
-        if !rbuf.is_empty()
-            && let Err(close) = self.process_input(&mut rbuf, max_in)
-        {
-            return close;
-        }
-        if rbuf.is_empty() {
-            // The CONNECT's buffer: freed until data comes (as after any small read).
-            rbuf = BytesMut::new();
-        }
-        loop {
-            if let Err(close) = self.release_gated() {
+        async move {
+            // 1.5 times the keep alive [MQTT-3.1.2-24]; without one, a year.
+            let keep_alive = match self.keep_alive {
+                0 => Duration::from_secs(86_400 * 365),
+                k => Duration::from_millis(u64::from(k) * 1500),
+            };
+            // The keep-alive deadline moves with every packet received; the timer does not
+            // (re-arming a timer is a lock on the timer wheel): it fires at the deadline it
+            // was armed with and is re-armed then if the deadline has moved since.
+            let mut deadline = tokio::time::Instant::now() + keep_alive;
+            let mut keep_alive_timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+            // The other waits that last for the whole connection are created once too:
+            // each creation registers a waiter under a lock, each drop unregisters it.
+            // A kick (takeover, admin) or the shutdown wakes `work`: the link is checked on
+            // every wake-up. A shutdown that began before this link was installed did not
+            // see it (see `Broker::begin_shutdown`): checked here, once.
+            if self.broker.shutdown_token().is_cancelled() {
+                return Close::Shutdown;
+            }
+            let session = self.session.clone();
+            let mut work = std::pin::pin!(session.work_notified());
+            let mut was_paused = false;
+            let max_in = self.broker.mqtt().max_packet_size as usize;
+            // Anything that arrived together with the CONNECT.
+            if !rbuf.is_empty()
+                && let Err(close) = self.process_input(&mut rbuf, max_in)
+            {
                 return close;
             }
-            self.pump_retained();
-            self.drain_session();
-            if !self.wbuf.is_empty() {
-                // The flush matters for TLS and WebSocket streams, which may hold
-                // bytes back until flushed; on TCP it is a no-op.
-                let written = tokio::select! {
-                    biased;
-                    r = async {
+            if rbuf.is_empty() {
+                // The CONNECT's buffer: freed until data comes (as after any small read).
+                rbuf = BytesMut::new();
+            }
+            loop {
+                if let Err(close) = self.release_gated() {
+                    return close;
+                }
+                self.pump_retained();
+                self.drain_session();
+                if !self.wbuf.is_empty() {
+                    // The flush matters for TLS and WebSocket streams, which may hold
+                    // bytes back until flushed; on TCP it is a no-op.
+                    if let Some(closing) = self.link.closing() {
+                        return Close::from(closing);
+                    }
+                    let mut write = std::pin::pin!(async {
                         stream.write_all(&self.wbuf).await?;
                         stream.flush().await
-                    } => r,
-                    _ = kicked.as_mut() => return Close::Kicked(self.link.kick_reason()),
-                    _ = shutting_down.as_mut() => return Close::Shutdown,
-                };
-                if let Err(e) = written {
-                    return Close::Network(e.to_string());
-                }
-                Stats::add(&self.broker.stats().bytes_sent, self.wbuf.len() as u64);
-                self.wbuf.clear();
-                if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
-                    self.wbuf = BytesMut::new();
-                }
-            }
-            // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
-            let spare = (rbuf.capacity() - rbuf.len()).max(64);
-            // Publish rate limit: while in debt, do not read the socket (TCP flow control
-            // then slows the client down); deliveries to it go on.
-            let pause = match &mut self.throttle {
-                Some(throttle) => throttle.pause(Instant::now()),
-                None => Duration::ZERO,
-            };
-            let paused = !pause.is_zero();
-            if paused && !was_paused {
-                Stats::add(&self.broker.stats().publish_throttled, 1);
-                tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
-            }
-            was_paused = paused;
-            // Rare: the timer is allocated only while a pause runs.
-            let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
-            // Only while acknowledgements wait for the disk (strict durability, where
-            // the flush costs far more than the allocation): boxed, so that its
-            // state is not in every connection's future.
-            let flush_wait = (!self.gated.is_empty() && self.flushed.is_some())
-                .then(|| Box::pin(wait_flushed(&mut self.flushed)));
-            tokio::select! {
-                biased;
-                _ = kicked.as_mut() => return self.kicked(stream, &mut rbuf, max_in),
-                _ = shutting_down.as_mut() => return Close::Shutdown,
-                _ = sleep_opt(&mut pause_timer), if paused => {
-                    // The client's PINGREQs waited unread in the socket: its keep alive
-                    // starts again now.
-                    deadline = deadline.max(tokio::time::Instant::now() + keep_alive.unwrap_or(far));
-                    // Packets already read and held back by the limit.
-                    if !rbuf.is_empty()
-                        && let Err(close) = self.process_input(&mut rbuf, max_in)
-                    {
-                        return close;
+                    });
+                    // A wake-up while the write waits (a peer that reads slowly) may be a
+                    // kick; other wake-ups are for deliveries, which the next loop picks
+                    // up. The write is kept across them (`write_all` is not cancel-safe).
+                    let written = loop {
+                        tokio::select! {
+                            biased;
+                            _ = work.as_mut() => {
+                                work.set(session.work_notified());
+                                if let Some(closing) = self.link.closing() {
+                                    return Close::from(closing);
+                                }
+                            }
+                            r = write.as_mut() => break r,
+                        }
+                    };
+                    if let Err(e) = written {
+                        return Close::Network(e.to_string());
+                    }
+                    Stats::add(&self.broker.stats().bytes_sent, self.wbuf.len() as u64);
+                    self.wbuf.clear();
+                    if self.wbuf.capacity() > WRITE_BUFFER_KEEP {
+                        self.wbuf = BytesMut::new();
                     }
                 }
-                read = stream.read_buf(&mut rbuf), if !paused => match read {
-                    Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
-                    Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
-                    Ok(n) => {
-                        Stats::add(&self.broker.stats().bytes_received, n as u64);
-                        let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
-                        if let Err(close) = self.process_input(&mut rbuf, max_in) {
+                if let Some(closing) = self.link.closing() {
+                    return self.closing(closing, stream, &mut rbuf, max_in);
+                }
+                // `read_buf` reserves 64 bytes itself when the buffer is full or unallocated.
+                let spare = (rbuf.capacity() - rbuf.len()).max(64);
+                // Publish rate limit: while in debt, do not read the socket (TCP flow control
+                // then slows the client down); deliveries to it go on.
+                let pause = match &mut self.throttle {
+                    Some(throttle) => throttle.pause(Instant::now()),
+                    None => Duration::ZERO,
+                };
+                let paused = !pause.is_zero();
+                if paused && !was_paused {
+                    Stats::add(&self.broker.stats().publish_throttled, 1);
+                    tracing::debug!(client_id = %self.session.client_id, pause_ms = pause.as_millis() as u64, "publish rate limit: pausing reads");
+                }
+                was_paused = paused;
+                // Rare: the timer is allocated only while a pause runs.
+                let mut pause_timer = paused.then(|| Box::pin(tokio::time::sleep(pause)));
+                // Only while acknowledgements wait for the disk (strict durability, where
+                // the flush costs far more than the allocation) or a cluster confirmation,
+                // or retained messages for a read barrier: boxed, so that its state is not
+                // in every connection's future.
+                let flushing = self.flushed.is_some();
+                let rare_wait = self
+                    .rare
+                    .as_deref_mut()
+                    .filter(|r| r.waiting(flushing))
+                    .map(|r| Box::pin(rare::wait(r, &mut self.flushed)));
+                let rare_waiting = rare_wait.is_some();
+                tokio::select! {
+                    biased;
+                    _ = sleep_opt(&mut pause_timer), if paused => {
+                        // The client's PINGREQs waited unread in the socket: its keep alive
+                        // starts again now.
+                        deadline = deadline.max(tokio::time::Instant::now() + keep_alive);
+                        // Packets already read and held back by the limit.
+                        if !rbuf.is_empty()
+                            && let Err(close) = self.process_input(&mut rbuf, max_in)
+                        {
                             return close;
                         }
-                        let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
-                        if after != before {
-                            deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(far);
+                    }
+                    read = stream.read_buf(&mut rbuf), if !paused => match read {
+                        Ok(0) if rbuf.is_empty() => return Close::Network("connection closed by peer".into()),
+                        Ok(0) => return Close::Network(format!("connection closed by peer mid-packet ({} bytes of a truncated packet unread)", rbuf.len())),
+                        Ok(n) => {
+                            Stats::add(&self.broker.stats().bytes_received, n as u64);
+                            let before = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                            if let Err(close) = self.process_input(&mut rbuf, max_in) {
+                                return close;
+                            }
+                            let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
+                            if after != before {
+                                deadline = tokio::time::Instant::now() + keep_alive;
+                            }
+                            if rbuf.is_empty() && n < READ_SMALL {
+                                // Idle or light traffic: free the buffer until data comes.
+                                rbuf = BytesMut::new();
+                            } else if n >= spare {
+                                // The read filled the buffer: more is probably waiting.
+                                rbuf.reserve(READ_BUFFER);
+                            } else if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
+                                rbuf = BytesMut::with_capacity(READ_BUFFER);
+                            }
                         }
-                        if rbuf.is_empty() && n < READ_SMALL {
-                            // Idle or light traffic: free the buffer until data comes.
-                            rbuf = BytesMut::new();
-                        } else if n >= spare {
-                            // The read filled the buffer: more is probably waiting.
-                            rbuf.reserve(READ_BUFFER);
-                        } else if rbuf.is_empty() && rbuf.capacity() > READ_BUFFER * 16 {
-                            rbuf = BytesMut::with_capacity(READ_BUFFER);
+                        Err(e) => return Close::Network(e.to_string()),
+                    },
+                    _ = work.as_mut() => {
+                        // Fired: a fresh one for the next wake-up (a notification that
+                        // comes meanwhile is kept as a permit, so none is lost).
+                        work.set(session.work_notified());
+                        if let Some(closing) = self.link.closing() {
+                            return self.closing(closing, stream, &mut rbuf, max_in);
                         }
                     }
-                    Err(e) => return Close::Network(e.to_string()),
-                },
-                _ = work.as_mut() => {
-                    // Fired: a fresh one for the next wake-up (a notification that
-                    // comes meanwhile is kept as a permit, so none is lost).
-                    work.set(session.work_notified());
-                }
-                _ = boxed_opt(flush_wait), if !self.gated.is_empty() => {}
-                _ = async { if let Some(rx) = self.retained_barrier.as_mut() { let _ = rx.await; } }, if self.retained_barrier.is_some() => {
-                    self.retained_barrier = None;
-                }
-                result = front_confirm(&mut self.gated), if self.gated.front().is_some_and(|g| g.confirm.is_some()) => {
-                    if let Some(front) = self.gated.front_mut() {
-                        front.confirm = None;
-                        front.failure = result.err();
+                    event = boxed_opt(rare_wait), if rare_waiting => {
+                        if let Some(rare) = self.rare.as_deref_mut() {
+                            rare.on_event(event);
+                        }
                     }
-                }
-                _ = keep_alive_timer.as_mut(), if !paused => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Close::KeepAlive;
+                    _ = keep_alive_timer.as_mut(), if !paused => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Close::KeepAlive;
+                        }
+                        keep_alive_timer.as_mut().reset(deadline);
                     }
-                    keep_alive_timer.as_mut().reset(deadline);
                 }
             }
+        }
+    }
+
+    /// Asked to close while waiting: a kick goes through [`Connection::kicked`].
+    fn closing<S>(
+        &mut self,
+        closing: Closing,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        max_in: usize,
+    ) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match closing {
+            Closing::Shutdown => Close::Shutdown,
+            Closing::Kicked(_) => self.kicked(stream, rbuf, max_in),
         }
     }
 
@@ -933,10 +1009,14 @@ impl Connection {
             p.payload.len() as u64,
         );
         let topic = if self.v5() {
-            match self
-                .inbound_aliases
-                .resolve(&p.topic, p.properties.topic_alias)
-            {
+            let resolved = match p.properties.topic_alias {
+                None => InboundAliases::plain(&p.topic),
+                Some(_) => self
+                    .rare()
+                    .inbound_aliases
+                    .resolve(&p.topic, p.properties.topic_alias),
+            };
+            match resolved {
                 Ok(t) => t,
                 Err(AliasError::Invalid) => {
                     return Err(Close::protocol(
@@ -1160,7 +1240,7 @@ impl Connection {
     ) {
         let done = self.flushed.as_ref().map(|f| f.borrow().done);
         let wait = generation.filter(|g| done.is_some_and(|done| *g > done));
-        if wait.is_none() && confirm.is_none() && self.gated.is_empty() {
+        if wait.is_none() && confirm.is_none() && self.gated_is_empty() {
             self.encode(&packet);
             return;
         }
@@ -1169,7 +1249,7 @@ impl Connection {
         {
             store.request_flush();
         }
-        self.gated.push_back(Gated {
+        self.rare().gated.push_back(Gated {
             generation: wait.unwrap_or(0),
             confirm,
             failure: None,
@@ -1189,7 +1269,9 @@ impl Connection {
                 failed: 0,
             },
         };
-        while let Some(front) = self.gated.front() {
+        while let Some(rare) = self.rare.as_deref_mut()
+            && let Some(front) = rare.gated.front()
+        {
             let g = front.generation;
             if (g > state.done && g > state.failed) || front.confirm.is_some() {
                 break;
@@ -1198,7 +1280,7 @@ impl Connection {
                 mut packet,
                 failure,
                 ..
-            }) = self.gated.pop_front()
+            }) = rare.gated.pop_front()
             else {
                 break;
             };
@@ -1318,7 +1400,7 @@ impl Connection {
                     // Once per connection: a client looping on SUBSCRIBE must not
                     // flood the log.
                     self.quota_logged = true;
-                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer, limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
+                    tracing::warn!(client_id = %self.session.client_id, addr = %self.peer(), limit = max_subscriptions, "SUBSCRIBE refused: limits.max_subscriptions_per_client reached");
                 }
                 Stats::add(&self.broker.stats().subscription_quota_exceeded, 1);
                 codes.push(self.subscribe_failure(ReasonCode::QUOTA_EXCEEDED));
@@ -1342,7 +1424,7 @@ impl Connection {
                 let cursor = self
                     .broker
                     .retained_cursor(bare, granted_options.qos, identifier);
-                self.retained_cursors.push_back(cursor);
+                self.rare().retained_cursors.push_back(cursor);
                 if let Some(cluster) = self.broker.cluster() {
                     // A fresh barrier covers the earlier ones too.
                     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1353,7 +1435,7 @@ impl Connection {
                         }
                         let _ = tx.send(());
                     });
-                    self.retained_barrier = Some(rx);
+                    self.rare().retained_barrier = Some(rx);
                 }
             }
             codes.push(ReasonCode(granted_options.qos as u8));
@@ -1418,7 +1500,10 @@ impl Connection {
         {
             let mut inner = self.session.lock();
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match self.session.next_outgoing(&mut inner, self.window, now) {
+                match self
+                    .session
+                    .next_outgoing(&mut inner, usize::from(self.window), now)
+                {
                     Some(out) => {
                         if let Outgoing::Publish { delivery, .. } = &out {
                             bytes += delivery.message.weight();
@@ -1484,7 +1569,10 @@ impl Connection {
     /// progress is made; a cursor waiting for room is pumped again on the next
     /// acknowledgement or wake-up.
     fn pump_retained(&mut self) {
-        if self.retained_cursors.is_empty() || self.retained_barrier.is_some() {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return;
+        };
+        if rare.retained_cursors.is_empty() || rare.retained_barrier.is_some() {
             return;
         }
         let store = self.broker.store().cloned();
@@ -1492,7 +1580,7 @@ impl Connection {
         let acl = self.broker.security().acl();
         let session = &self.session;
         let may_read = |topic: &str| acl.as_ref().is_none_or(|acl| session.may_read(acl, topic));
-        while let Some(cursor) = self.retained_cursors.front_mut() {
+        while let Some(cursor) = rare.retained_cursors.front_mut() {
             let pumped = cursor.pump(store.as_deref(), session, RETAINED_SCAN_BUDGET, &may_read);
             if pumped.denied > 0 {
                 Stats::add(&self.broker.stats().acl_read_denied, pumped.denied as u64);
@@ -1504,7 +1592,7 @@ impl Connection {
                 );
             }
             if pumped.done {
-                self.retained_cursors.pop_front();
+                rare.retained_cursors.pop_front();
                 continue;
             }
             if pumped.queued > 0 || pumped.more {
@@ -1544,7 +1632,7 @@ impl Connection {
                 }
                 // [MQTT-3.1.2-25] a packet above the client's Maximum Packet Size is
                 // discarded as if sent.
-                if let Some(max) = self.accepted.client_max_packet_size {
+                if let Some(max) = self.client_max_packet_size {
                     let len = ferromq_codec::publish_encoded_len(&publish, self.protocol)
                         .unwrap_or(usize::MAX);
                     if len > max as usize {
@@ -1558,8 +1646,8 @@ impl Connection {
                         return;
                     }
                 }
-                if self.v5() && !dup {
-                    match self.outbound_aliases.lookup(&publish.topic) {
+                if self.v5() && !dup && self.client_topic_alias_maximum > 0 {
+                    match self.rare().outbound_aliases.lookup(&publish.topic) {
                         OutboundTopic::Plain => {}
                         OutboundTopic::Assign(a) => publish.properties.topic_alias = Some(a),
                         OutboundTopic::Reuse(a) => {
@@ -1581,7 +1669,7 @@ impl Connection {
                     &self.broker.stats().publish_bytes_sent,
                     publish.payload.len() as u64,
                 );
-                if self.flushed.is_some() && (generation.is_some() || !self.gated.is_empty()) {
+                if self.flushed.is_some() && (generation.is_some() || !self.gated_is_empty()) {
                     // Behind a durability gate: keep the order of everything sent.
                     self.send_after(generation, Packet::Publish(publish));
                     return;
@@ -1613,11 +1701,11 @@ impl Connection {
         let disconnect_reason = match &close {
             Close::Protocol { reason, problem } => {
                 Stats::add(&self.broker.stats().protocol_errors, 1);
-                tracing::warn!(client_id = %client_id, addr = %self.peer, reason = %reason, "closing connection: {problem}");
+                tracing::warn!(client_id = %client_id, addr = %self.peer(), reason = %reason, "closing connection: {problem}");
                 Some(*reason)
             }
             Close::KeepAlive => {
-                tracing::info!(client_id = %client_id, addr = %self.peer, "closing connection: keep alive timeout");
+                tracing::info!(client_id = %client_id, addr = %self.peer(), "closing connection: keep alive timeout");
                 Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
             }
             Close::Kicked(reason) => Some(*reason),
@@ -1646,7 +1734,7 @@ impl Connection {
             Close::Shutdown => None,
             _ => will,
         };
-        tracing::info!(client_id = %client_id, addr = %self.peer, reason = %describe(&close), "client disconnected");
+        tracing::info!(client_id = %client_id, addr = %self.peer(), reason = %describe(&close), "client disconnected");
         self.broker
             .close_connection(&self.session, &self.link, will, self.session_expiry);
         // Detached first, linger after: a takeover waits for the detach, and the new
@@ -1703,11 +1791,9 @@ fn describe(close: &Close) -> String {
 }
 
 /// Awaits `fut` if there is one (never resolves otherwise).
-async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
+async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) -> F::Output {
     match fut {
-        Some(f) => {
-            f.await;
-        }
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
@@ -1716,36 +1802,6 @@ async fn boxed_opt<F: std::future::Future>(fut: Option<std::pin::Pin<Box<F>>>) {
 async fn sleep_opt(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the group commit made progress (or never, without a store).
-/// An acknowledgement (or a PUBREL, or a PUBLISH behind one) held until its store
-/// write is durable and, on a cluster node, its confirmation came.
-struct Gated {
-    generation: u64,
-    confirm: Option<Confirm>,
-    /// The confirmation failed with this reason code.
-    failure: Option<ReasonCode>,
-    packet: Packet,
-}
-
-/// The confirmation the oldest held packet waits for.
-async fn front_confirm(gated: &mut VecDeque<Gated>) -> Result<(), ReasonCode> {
-    match gated.front_mut().and_then(|g| g.confirm.as_mut()) {
-        Some(confirm) => confirm.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_flushed(flushed: &mut Option<watch::Receiver<Flushed>>) {
-    match flushed {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
         None => std::future::pending().await,
     }
 }

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`state`]: the delivery state machine (queue, in-flight window, packet ids),
 //!   free of I/O and unit-tested on its own.
+//! - [`subscriptions`]: the session's filters, allocated by the first one.
 //!
 //! # Queues beyond the memory window
 //! A persistent session's QoS 1/2 deliveries are in the store anyway; beyond
@@ -19,10 +20,10 @@
 //! nobody else does), which keeps store order and queue order trivially the same.
 
 pub mod state;
+pub mod subscriptions;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -35,6 +36,7 @@ use crate::message::{Delivery, SessionId};
 use crate::store::{SessionRecord, Store, SubscriptionRow};
 use state::Outgoing;
 pub use state::{DropReason, QueueLimits, SessionState};
+pub use subscriptions::Subscriptions;
 
 /// A subscription as the session remembers it (to re-create, list and remove it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,40 +60,121 @@ pub struct ConnectionInfo {
 }
 
 /// The link between a session and the connection currently serving it.
+///
+/// Cheap to clone (a generation and one `Arc`): the session holds one, the serving
+/// connection another. Everything a link needs lives in one allocation, and the kick
+/// wakes the connection through its session's [`Notify`] (see [`Session::kick`]),
+/// which the connection waits on anyway: an idle connection then waits on one
+/// notification instead of also holding a cancellation token of its own (~112 bytes
+/// on the heap, ~72 in its future), and the detach is a `Notify` here instead of a
+/// second token. The broker's shutdown reaches connections the same way
+/// ([`Session::shut_down`], from `Broker::begin_shutdown`), so the loop does not
+/// wait on the shutdown token either.
 #[derive(Debug, Clone)]
 pub struct Link {
     /// Distinguishes successive connections of one session, so a connection that was
     /// taken over does not detach its successor.
     pub generation: u64,
-    /// Cancelled to make the connection close (takeover, admin kick).
-    pub kick: CancellationToken,
+    shared: Arc<LinkShared>,
+}
+
+/// Why a connection is asked to close ([`Link::closing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Takeover or administrative kick, with the v5 DISCONNECT reason.
+    Kicked(ReasonCode),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// [`LinkShared::closing`] values.
+const OPEN: u8 = 0;
+const KICKED: u8 = 1;
+const SHUTDOWN: u8 = 2;
+
+/// The part of a [`Link`] shared between the session and its connection.
+#[derive(Debug)]
+struct LinkShared {
+    /// [`OPEN`], or why the connection is asked to close ([`KICKED`]: takeover, admin
+    /// kick, with `kick_reason` stored before; [`SHUTDOWN`]). The first request wins.
+    closing: AtomicU8,
     /// The reason the connection sends in its DISCONNECT when kicked (v5).
-    pub kick_reason: Arc<AtomicU8>,
-    /// Cancelled by the connection once it has detached from the session.
-    pub detached: CancellationToken,
+    kick_reason: AtomicU8,
+    /// Set by the connection once it has detached from the session.
+    detached: AtomicBool,
+    /// Wakes whoever waits for the detach (a takeover, a handover).
+    detach_waiters: Notify,
     /// Set once by the connection after the session opened (admin API).
-    pub info: Arc<OnceLock<ConnectionInfo>>,
+    info: OnceLock<ConnectionInfo>,
 }
 
 impl Link {
     pub fn new(generation: u64) -> Self {
         Link {
             generation,
-            kick: CancellationToken::new(),
-            kick_reason: Arc::new(AtomicU8::new(ReasonCode::SESSION_TAKEN_OVER.0)),
-            detached: CancellationToken::new(),
-            info: Arc::new(OnceLock::new()),
+            shared: Arc::new(LinkShared {
+                closing: AtomicU8::new(OPEN),
+                kick_reason: AtomicU8::new(ReasonCode::SESSION_TAKEN_OVER.0),
+                detached: AtomicBool::new(false),
+                detach_waiters: Notify::new(),
+                info: OnceLock::new(),
+            }),
         }
     }
 
-    /// Asks the connection to close with `reason`.
-    pub fn kick(&self, reason: ReasonCode) {
-        self.kick_reason.store(reason.0, Ordering::Relaxed);
-        self.kick.cancel();
+    /// Marks the link kicked; [`Session::kick`] also wakes the connection.
+    fn mark_kicked(&self, reason: ReasonCode) {
+        self.shared.kick_reason.store(reason.0, Ordering::Relaxed);
+        self.request_close(KICKED);
+    }
+
+    /// Records the first close request ([`KICKED`], [`SHUTDOWN`]).
+    fn request_close(&self, why: u8) {
+        let _ =
+            self.shared
+                .closing
+                .compare_exchange(OPEN, why, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether, and why, the connection was asked to close.
+    pub fn closing(&self) -> Option<Closing> {
+        match self.shared.closing.load(Ordering::Acquire) {
+            OPEN => None,
+            SHUTDOWN => Some(Closing::Shutdown),
+            _ => Some(Closing::Kicked(self.kick_reason())),
+        }
     }
 
     pub fn kick_reason(&self) -> ReasonCode {
-        ReasonCode(self.kick_reason.load(Ordering::Relaxed))
+        ReasonCode(self.shared.kick_reason.load(Ordering::Relaxed))
+    }
+
+    /// Called by the connection once it has detached from the session.
+    pub fn detach(&self) {
+        self.shared.detached.store(true, Ordering::Release);
+        self.shared.detach_waiters.notify_waiters();
+    }
+
+    /// Resolves once the connection has detached ([`Link::detach`]).
+    pub async fn detached(&self) {
+        let notified = self.shared.detach_waiters.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a detach in between still wakes us.
+        notified.as_mut().enable();
+        if self.shared.detached.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Facts about the serving connection, once it has set them.
+    pub fn info(&self) -> Option<&ConnectionInfo> {
+        self.shared.info.get()
+    }
+
+    /// Sets [`Link::info`] (once; a second call is ignored).
+    pub fn set_info(&self, info: ConnectionInfo) {
+        let _ = self.shared.info.set(info);
     }
 }
 
@@ -100,7 +183,7 @@ impl Link {
 pub struct SessionInner {
     pub delivery: SessionState,
     /// Filter (as the client sent it, `$share/...` included) to options.
-    pub subscriptions: HashMap<ByteString, SubscriptionRecord>,
+    pub subscriptions: Subscriptions,
     /// The serving connection; `None` while offline.
     pub link: Option<Link>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires [MQTT-3.1.2-23].
@@ -113,11 +196,13 @@ pub struct SessionInner {
     pub ended: bool,
     /// The username its current (or last) connection logged in with, for read ACL
     /// checks of deliveries (`user` blocks, `%u`).
-    pub username: Option<ByteString>,
-    /// Deliveries dropped on a full queue since the last log line about it.
-    overflow_dropped: u64,
-    /// When that log line was written.
-    overflow_logged: Option<std::time::Instant>,
+    /// An `Arc<str>` (16 bytes) rather than a `ByteString` (32): read far less often
+    /// than every session carries it.
+    pub username: Option<Arc<str>>,
+    /// Deliveries dropped on a full queue since the last log line about it, and when
+    /// that line was written; allocated by the first drop (most sessions never
+    /// overflow).
+    overflow: Option<Box<(u64, std::time::Instant)>>,
 }
 
 /// A client session.
@@ -136,7 +221,7 @@ impl Session {
     pub fn new(
         id: SessionId,
         client_id: ByteString,
-        limits: QueueLimits,
+        limits: impl Into<Arc<QueueLimits>>,
         store: Option<Arc<Store>>,
     ) -> Arc<Session> {
         Arc::new(Session {
@@ -145,15 +230,14 @@ impl Session {
             store,
             inner: Mutex::new(SessionInner {
                 delivery: SessionState::new(limits),
-                subscriptions: HashMap::new(),
+                subscriptions: Subscriptions::default(),
                 link: None,
                 expiry_interval: 0,
                 offline_timer: None,
                 pending_will: None,
                 ended: false,
                 username: None,
-                overflow_dropped: 0,
-                overflow_logged: None,
+                overflow: None,
             }),
             notify: Notify::new(),
         })
@@ -338,20 +422,40 @@ impl Session {
         self.notify.notify_one();
     }
 
+    /// Asks the connection serving `link` to close with `reason` (v5 DISCONNECT):
+    /// marks the link and wakes the connection, which checks its link whenever it
+    /// wakes. `link` is this session's current or a former link.
+    pub fn kick(&self, link: &Link, reason: ReasonCode) {
+        link.mark_kicked(reason);
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection serving `link` to close because the broker shuts down
+    /// (v5 DISCONNECT 0x8B, no will), as [`Session::kick`] does.
+    pub fn shut_down(&self, link: &Link) {
+        link.request_close(SHUTDOWN);
+        self.notify.notify_one();
+    }
+
     /// Counts a delivery dropped on a full queue. Returns the number dropped since the
     /// last report when a log line is due: at the first drop, then at most every 10 s,
     /// so a client that reads nothing is named in the log without flooding it.
     pub fn note_overflow(&self, now: std::time::Instant) -> Option<u64> {
         let mut inner = self.inner.lock();
-        inner.overflow_dropped += 1;
-        let due = inner
-            .overflow_logged
-            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(10));
-        if due {
-            inner.overflow_logged = Some(now);
-            Some(std::mem::take(&mut inner.overflow_dropped))
-        } else {
-            None
+        match inner.overflow.as_deref_mut() {
+            None => {
+                inner.overflow = Some(Box::new((0, now)));
+                Some(1)
+            }
+            Some((dropped, logged)) => {
+                *dropped += 1;
+                if now.saturating_duration_since(*logged) >= std::time::Duration::from_secs(10) {
+                    *logged = now;
+                    Some(std::mem::take(dropped))
+                } else {
+                    None
+                }
+            }
         }
     }
 
