@@ -95,20 +95,24 @@ def test_queue_beyond_memory_window_survives_reconnect_and_kill9(env, brokers):
     assert "state restored from the store" in b2.log()
 
 
-@pytest.mark.parametrize("persistence", ["true", "false"])
-def test_hash_subscribe_streams_20000_retained_without_drops(env, brokers, persistence):
+@pytest.mark.parametrize("persistence,sub_qos,size", [
+    ("true", 1, 8), ("false", 1, 8),
+    # QoS 0 and 1 KiB: no acknowledgement wakes the connection, and its writes block
+    # on the socket: the cursor must keep going from its own wake-ups alone.
+    ("true", 0, 1024), ("false", 0, 1024)])
+def test_hash_subscribe_streams_20000_retained_without_drops(env, brokers, persistence, sub_qos, size):
     # With persistence off the cursor walks the matches taken from the in-memory index.
     b = _start(brokers, f"persistence {persistence}\nmax_queued_messages 100\nsys_interval 0\n")
     pub = BulkClient(b.host, b.port, unique("pub"))
     ids = [i % 65535 + 1 for i in range(20000)]
     pub.publish_many(
-        (publish_packet(f"ret/{i:05d}", b"v%d" % i, qos=1, retain=True, pid=pid)
+        (publish_packet(f"ret/{i:05d}", (b"v%d-" % i).ljust(size, b"x"), qos=1, retain=True, pid=pid)
          for i, pid in zip(range(20000), ids)),
         qos1_ids=ids)
     pub.disconnect()
 
     sub = BulkClient(b.host, b.port, unique("sub"))
-    sub.subscribe("#", qos=1)
+    sub.subscribe("#", qos=sub_qos)
     sub.pump(lambda: sub.count >= 20000, timeout=120)
     topics = [t for t, _, _ in sub.received]
     assert len(topics) == 20000 and len(set(topics)) == 20000

@@ -722,7 +722,11 @@ impl Connection {
                     });
                     // A wake-up while the write waits (a peer that reads slowly) may be a
                     // kick; other wake-ups are for deliveries, which the next loop picks
-                    // up. The write is kept across them (`write_all` is not cancel-safe).
+                    // up: the permit it used is given back once the write is done, or
+                    // the loop would sleep with deliveries (or a retained cursor)
+                    // waiting. The write is kept across them (`write_all` is not
+                    // cancel-safe).
+                    let mut woken = false;
                     let written = loop {
                         tokio::select! {
                             biased;
@@ -731,10 +735,14 @@ impl Connection {
                                 if let Some(closing) = self.link.closing() {
                                     return Close::from(closing);
                                 }
+                                woken = true;
                             }
                             r = write.as_mut() => break r,
                         }
                     };
+                    if woken {
+                        self.session.wake();
+                    }
                     if let Err(e) = written {
                         return Close::Network(e.to_string());
                     }
