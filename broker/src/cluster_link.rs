@@ -127,9 +127,7 @@ fn note_outcome(
     generation: &mut Option<u64>,
     confirms: &mut Vec<Confirm>,
 ) {
-    if let Some(g) = outcome.generation {
-        *generation = Some(generation.unwrap_or(0).max(g));
-    }
+    *generation = (*generation).max(outcome.generation);
     confirms.extend(outcome.confirms);
 }
 

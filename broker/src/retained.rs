@@ -194,15 +194,6 @@ impl RetainedCursor {
         }
     }
 
-    fn delivery(&self, message: Arc<Message>) -> Delivery {
-        Delivery {
-            qos: message.qos.min(self.granted),
-            retain: true,
-            subscription_ids: self.identifier.iter().copied().collect(),
-            message,
-        }
-    }
-
     /// Queues matching retained messages into `session` until its queue has no room
     /// for retained messages, the matches end, or `max_keys` keys were looked at.
     /// Topics `may_read` refuses (the read ACL) are skipped. `store` is the broker's
@@ -214,68 +205,66 @@ impl RetainedCursor {
         max_keys: usize,
         may_read: &dyn Fn(&str) -> bool,
     ) -> Pumped {
+        let RetainedCursor {
+            filter,
+            source,
+            granted,
+            identifier,
+        } = self;
         let mut pumped = Pumped::default();
-        let mut offer = |cursor: &Self, topic: &str, message: Arc<Message>| -> bool {
+        let mut blocked = false;
+        // Offers one match; false once the queue has no room (the match stays).
+        let mut offer = |topic: &str, message: Arc<Message>| -> bool {
             if !may_read(topic) {
                 pumped.denied += 1;
                 return true;
             }
-            match session.deliver_retained(cursor.delivery(message)) {
+            let delivery = Delivery {
+                qos: message.qos.min(*granted),
+                retain: true,
+                subscription_ids: identifier.iter().copied().collect(),
+                message,
+            };
+            match session.deliver_retained(delivery) {
                 Room::Yes => pumped.queued += 1,
                 Room::Never => pumped.too_large += 1,
-                Room::Later => return false,
+                Room::Later => {
+                    blocked = true;
+                    return false;
+                }
             }
             true
         };
-        match &self.source {
-            Source::Memory(_) => {
-                let mut looked = 0;
-                let mut blocked = false;
-                while looked < max_keys {
-                    let Source::Memory(pending) = &mut self.source else {
+        match source {
+            Source::Memory(pending) => {
+                for _ in 0..max_keys {
+                    let Some(message) = pending.front() else {
                         break;
                     };
-                    let Some(message) = pending.pop_front() else {
-                        break;
-                    };
-                    looked += 1;
-                    let topic = message.topic.clone();
-                    if !offer(self, &topic, message.clone()) {
-                        if let Source::Memory(pending) = &mut self.source {
-                            pending.push_front(message);
-                        }
-                        blocked = true;
+                    if !offer(&message.topic, message.clone()) {
                         break;
                     }
+                    pending.pop_front();
                 }
-                let left = matches!(&self.source, Source::Memory(p) if !p.is_empty());
-                pumped.done = !left;
-                pumped.more = left && !blocked;
+                pumped.done = pending.is_empty();
+                pumped.more = !pumped.done && !blocked;
             }
             Source::Store { prefix, next } => {
                 let Some(store) = store else {
                     pumped.done = true;
                     return pumped;
                 };
-                let mut blocked = false;
                 let result = store.scan_retained(prefix, next, max_keys, |topic, stored| {
-                    if !ferromq_topic::matches(&self.filter, topic) {
-                        return true;
-                    }
-                    let accepted = offer(self, topic, stored.into_message());
-                    blocked = !accepted;
-                    accepted
+                    !ferromq_topic::matches(filter, topic) || offer(topic, stored.into_message())
                 });
                 match result {
                     Ok(Some(resume)) => {
-                        if let Source::Store { next, .. } = &mut self.source {
-                            *next = resume;
-                        }
+                        *next = resume;
                         pumped.more = !blocked;
                     }
                     Ok(None) => pumped.done = true,
                     Err(e) => {
-                        tracing::warn!(client_id = %session.client_id, filter = %self.filter, error = %e, "cannot read retained messages from the store");
+                        tracing::warn!(client_id = %session.client_id, filter = %filter, error = %e, "cannot read retained messages from the store");
                         pumped.done = true;
                     }
                 }
