@@ -27,6 +27,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// `limits.max_connections` is derived from the descriptor limit.
 pub const FD_RESERVE: usize = 100;
 
+/// Most slots [`reserve_fd_table`] grows the descriptor table to at startup. The
+/// kernel keeps about 8.3 bytes per slot (a pointer and three bitmap bits), so this is
+/// about 0.5 MiB of kernel memory, charged to the broker's cgroup; beyond it the table
+/// grows on demand as before.
+pub const FD_TABLE_RESERVE_MAX: u64 = 65_536;
+
 /// Most source addresses a per-address table remembers.
 pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
@@ -44,6 +50,43 @@ pub fn raise_fd_limit() -> Option<u64> {
         }
     }
     fd_limit()
+}
+
+/// Grows the process's file-descriptor table once, at startup, to the slots the
+/// connections can use: `limits.max_connections` (or the descriptor limit) plus
+/// [`FD_RESERVE`], at most [`FD_TABLE_RESERVE_MAX`] and below `fd_limit`. Returns the
+/// slots reserved, or `None` when nothing was reserved (the error is logged).
+///
+/// Why: the kernel grows the table by doubling when a new descriptor does not fit (at
+/// 256, 512, 1024, ... open files). In a multi-threaded process each growth waits for
+/// an RCU grace period (`synchronize_rcu` in `expand_fdtable`), 10-30 ms during which
+/// the runtime worker that called `accept` runs nothing else: every connection on it
+/// stands still. Single-threaded Mosquitto does not pay that. Under a connection storm
+/// (10,000 clients reconnecting) that was six stalls and about a tenth of the connect
+/// rate (docs/BENCHMARKS.md). Duplicating a descriptor into the last slot and closing
+/// it grows the table here, before the runtime starts; the table never shrinks.
+pub fn reserve_fd_table(limits: &LimitsConfig, fd_limit: Option<u64>) -> Option<u64> {
+    use std::os::fd::AsFd;
+    let wanted = limits
+        .max_connections
+        .map_or(u64::MAX, |n| u64::try_from(n).unwrap_or(u64::MAX))
+        .saturating_add(FD_RESERVE as u64)
+        .min(FD_TABLE_RESERVE_MAX);
+    let slots = fd_limit.map_or(wanted, |limit| wanted.min(limit));
+    // The kernel's table starts with 64 slots (NR_OPEN_DEFAULT): nothing to gain below.
+    if slots <= 64 {
+        return None;
+    }
+    let last = rustix::fd::RawFd::try_from(slots - 1).ok()?;
+    let stderr = std::io::stderr();
+    match rustix::io::fcntl_dupfd_cloexec(stderr.as_fd(), last) {
+        // Dropping the duplicate closes it; the grown table stays.
+        Ok(_duplicate) => Some(slots),
+        Err(e) => {
+            tracing::warn!(error = %e, slots, "cannot reserve the file-descriptor table; it grows on demand (short accept stalls at 256, 512, 1024, ... connections)");
+            None
+        }
+    }
 }
 
 /// The soft `RLIMIT_NOFILE` in force, if finite.
@@ -329,6 +372,33 @@ impl PublishThrottle {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// `FDSize` in /proc/self/status: the slots of this process's descriptor table.
+    fn fd_table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+        line["FDSize:".len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn descriptor_table_is_grown_once_for_the_configured_connections() {
+        // Within this process's real limit, whatever the machine allows.
+        let limit = fd_limit().unwrap_or(u64::MAX).min(FD_TABLE_RESERVE_MAX);
+        let limits = LimitsConfig {
+            max_connections: Some(usize::try_from(limit / 2).unwrap() - FD_RESERVE),
+            ..Default::default()
+        };
+        assert_eq!(reserve_fd_table(&limits, fd_limit()), Some(limit / 2));
+        assert!(fd_table_size() >= limit / 2, "FDSize {}", fd_table_size());
+        // Never more than the descriptor limit given, never more than the cap.
+        let unlimited = LimitsConfig::default();
+        let lower = limit / 4 * 3;
+        assert_eq!(reserve_fd_table(&unlimited, Some(lower)), Some(lower));
+        assert_eq!(reserve_fd_table(&unlimited, fd_limit()), Some(limit));
+        assert!(fd_table_size() >= limit);
+        // Below the kernel's initial table nothing is done.
+        assert_eq!(reserve_fd_table(&unlimited, Some(64)), None);
+    }
 
     #[test]
     fn bucket_overdraws_and_refills() {

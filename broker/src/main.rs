@@ -96,7 +96,12 @@ fn main() -> ExitCode {
     }
     // Every connection is a file descriptor: allow as many as the system does.
     let fd_limit = ferromq::limits::raise_fd_limit();
-    tracing::debug!(?fd_limit, "open-file limit");
+    let fd_table = ferromq::limits::reserve_fd_table(&config.limits, fd_limit);
+    tracing::debug!(
+        ?fd_limit,
+        ?fd_table,
+        "open-file limit, descriptor table reserved"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
