@@ -184,3 +184,24 @@ def test_topic_length_limit(broker_factory):
     v5.publish(long_topic, b"x", qos=1)
     d = v5.wait_closed()
     assert d is not None and d.reason_code == 0x90, d
+
+
+def _proc_status(pid: int, field: str) -> str:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(field)
+
+
+def test_worker_threads_and_descriptor_table(broker_factory):
+    """limits.worker_threads 1 runs the broker on one runtime worker thread (brokers
+    side by side on one host); max_connections 3000 grows the descriptor table to
+    3,100 slots at start, so accepting the 256th, 512th, ... connection never waits
+    for the kernel to grow it. The broker serves clients as usual."""
+    broker = broker_factory("max_connections 3000\n", env={"FERROMQ_LIMITS_WORKER_THREADS": "1"})
+    pid = broker.proc.pid
+    workers = [t for t in os.listdir(f"/proc/{pid}/task")
+               if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "tokio-rt-worker"]
+    assert len(workers) == 1, f"runtime worker threads: {len(workers)}"
+    assert int(_proc_status(pid, "FDSize")) >= 3100
+    assert _connects(broker)

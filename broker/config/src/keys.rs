@@ -521,6 +521,10 @@ pub(crate) static KEYS: &[KeySpec] = &[
     key!("limits", "connection_rate_per_ip", limits.connection_rate_per_ip: u32, None,
         "New connections per second from one IP address; 0 = no limit. Sockets above\n\
          it are closed at once, with a log line."),
+    key!("limits", "worker_threads", limits.worker_threads: usize, None,
+        "Threads that run connections and the cluster planes; 0 = one per CPU the\n\
+         process may use (its affinity and cgroup quota). Set it when brokers share a\n\
+         machine, e.g. cluster nodes side by side on one host."),
     key!("persistence", "enabled", persistence.enabled: bool, Some("persistence"),
         "Store state on disk. When false, everything is lost on restart."),
     key!("persistence", "path", persistence.path: PathBuf, Some("persistence_location"),

@@ -347,6 +347,10 @@ pub struct LimitsConfig {
     /// New connections per second one source IP address may open; 0 (the default) =
     /// no limit. Excess sockets are closed at once with a log line.
     pub connection_rate_per_ip: u32,
+    /// Threads that run connections and the cluster planes; 0 (the default) = one per
+    /// CPU this process may use (affinity and cgroup quota). Set it when several
+    /// brokers share a machine, e.g. cluster nodes side by side on one host.
+    pub worker_threads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -358,6 +362,7 @@ impl Default for LimitsConfig {
             publish_rate_bytes: 0,
             retained_max_bytes: 256 * 1024 * 1024,
             connection_rate_per_ip: 0,
+            worker_threads: 0,
         }
     }
 }

@@ -159,6 +159,7 @@ publish_rate_messages = 100
 publish_rate_bytes = 1048576
 retained_max_bytes = 16777216
 connection_rate_per_ip = 10
+worker_threads = 3
 
 [persistence]
 enabled = false
@@ -268,6 +269,7 @@ fn full_config() -> Config {
             publish_rate_bytes: 1 << 20,
             retained_max_bytes: 1 << 24,
             connection_rate_per_ip: 10,
+            worker_threads: 3,
         },
         persistence: PersistenceConfig {
             enabled: false,
