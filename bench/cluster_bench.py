@@ -13,8 +13,13 @@ measures, on this one machine:
 - retained write rate (QoS 1, each acknowledged after its Raft commit);
 - time to elect a new leader after `kill -9` of the leader.
 
+The single node runs with its defaults. `--node-workers N` sets `limits.worker_threads`
+on the three cluster nodes (default: their default, one runtime worker per CPU), as an
+operator would when nodes share a host: three nodes on two cores otherwise run six
+workers that hand every forwarded message between threads.
+
     cargo build --release -p ferromq -p ferromq-bench
-    python3 bench/cluster_bench.py [--duration 5]
+    python3 bench/cluster_bench.py [--duration 5] [--node-workers 1]
 """
 
 from __future__ import annotations
@@ -212,6 +217,8 @@ def main():
     ap.add_argument("--persistent-connects", type=int, default=1000)
     ap.add_argument("--churn", type=int, default=5000, help="subscriptions per node")
     ap.add_argument("--retained", type=int, default=3000)
+    ap.add_argument("--node-workers", type=int, default=0,
+                    help="limits.worker_threads of the cluster nodes (0 = their default)")
     args = ap.parse_args()
     results = {}
     started = []
@@ -226,7 +233,10 @@ def main():
         results["single retained QoS 1 writes/s"] = asyncio.run(retained_rate(single, args.retained))
         single.stop()
 
-        nodes = start_cluster(3, started, extra_env={"FERROMQ_LOG_LEVEL": "warn"})
+        node_env = {"FERROMQ_LOG_LEVEL": "warn"}
+        if args.node_workers:
+            node_env["FERROMQ_LIMITS_WORKER_THREADS"] = str(args.node_workers)
+        nodes = start_cluster(3, started, extra_env=node_env)
         a, b = (f"{n.host}:{n.port}" for n in nodes[:2])
         for sc in ("qos0-1to1", "qos1-1to1"):
             r = loader(sc, a, b, args.duration)
