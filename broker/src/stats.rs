@@ -175,13 +175,6 @@ impl Stats {
         Self::add(&self.publish_bytes_received_qos[i], payload_len as u64);
     }
 
-    /// A PUBLISH written to a subscriber, by the QoS it was sent at.
-    pub fn publish_out(&self, qos: QoS, payload_len: usize) {
-        let i = Self::qos_index(qos);
-        Self::add(&self.publish_sent_qos[i], 1);
-        Self::add(&self.publish_bytes_sent_qos[i], payload_len as u64);
-    }
-
     /// A connection on `listener` finished its handshake.
     pub fn connection_opened(&self, listener: &Arc<str>, protocol: ProtocolVersion) {
         *self

@@ -18,6 +18,7 @@
 pub mod alias;
 pub mod handshake;
 mod rare;
+mod tally;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use alias::{AliasError, InboundAliases, OutboundTopic};
 use futures::FutureExt;
 use handshake::Accepted;
 use rare::{Gated, Rare};
+use tally::SentTally;
 use tokio::sync::watch;
 
 /// Read buffer of a busy connection; grows up to the maximum packet size for large
@@ -393,9 +395,11 @@ where
     // queued while it was offline [MQTT-4.4.0-1].
     let now = Instant::now();
     let resend = conn.session.lock().delivery.resume(now);
+    let mut tally = SentTally::default();
     for out in resend {
-        conn.encode_outgoing(out, None, now);
+        conn.encode_outgoing(out, None, now, &mut tally);
     }
+    tally.add_to(conn.broker.stats());
 
     // The decoded CONNECT is not needed any more: do not keep it for the connection's
     // lifetime (it is ~440 bytes and pins part of the first read buffer).
@@ -1567,9 +1571,11 @@ impl Connection {
             self.session.wake();
         }
         let mut generations = generations.into_iter();
+        let mut tally = SentTally::default();
         for out in batch.drain(..) {
-            self.encode_outgoing(out, generations.next().flatten(), now);
+            self.encode_outgoing(out, generations.next().flatten(), now, &mut tally);
         }
+        tally.add_to(self.broker.stats());
         crate::fanout::return_outgoing(batch);
     }
 
@@ -1613,8 +1619,15 @@ impl Connection {
 
     /// `now` is the time of the batch being written (one clock read per batch, not per
     /// delivery: at 100 subscribers per PUBLISH the per-delivery reads were 8 % of
-    /// the broker's time).
-    fn encode_outgoing(&mut self, out: Outgoing, generation: Option<u64>, now: Instant) {
+    /// the broker's time). The counters go into `tally`, which the caller adds to the
+    /// broker's once per batch ([`SentTally::add_to`]).
+    fn encode_outgoing(
+        &mut self,
+        out: Outgoing,
+        generation: Option<u64>,
+        now: Instant,
+        tally: &mut SentTally,
+    ) {
         match out {
             Outgoing::PubRel { packet_id } => self.encode(&Packet::PubRel(PubResp {
                 packet_id,
@@ -1667,10 +1680,7 @@ impl Connection {
                         }
                     }
                 }
-                Stats::add(&self.broker.stats().publish_sent, 1);
-                self.broker
-                    .stats()
-                    .publish_out(publish.qos, publish.payload.len());
+                tally.publish(publish.qos, publish.payload.len());
                 // Publish-to-delivery latency; not for retained messages sent because
                 // of a SUBSCRIBE (their age is storage time) nor for resends.
                 if !dup && !delivery.retain {
@@ -1678,16 +1688,12 @@ impl Connection {
                         now.saturating_duration_since(msg.received_at),
                     );
                 }
-                Stats::add(
-                    &self.broker.stats().publish_bytes_sent,
-                    publish.payload.len() as u64,
-                );
                 if self.flushed.is_some() && (generation.is_some() || !self.gated_is_empty()) {
                     // Behind a durability gate: keep the order of everything sent.
                     self.send_after(generation, Packet::Publish(publish));
                     return;
                 }
-                Stats::add(&self.broker.stats().packets_sent, 1);
+                tally.packets += 1;
                 if let Err(e) =
                     ferromq_codec::encode_publish(&publish, self.protocol, &mut self.wbuf)
                 {
