@@ -23,8 +23,8 @@ use bytes::BytesMut;
 use crate::decode::kind;
 use crate::error::EncodeError;
 use crate::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, ProtocolVersion, PubResp, Publish, QoS, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Packet, ProtocolVersion, PubResp, Publish, PublishRef, QoS,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::primitives::{Counter, MAX_VARINT, Sink, varint_len};
 use crate::properties_codec::EncodeProps;
@@ -54,11 +54,28 @@ pub fn encode_publish(
     protocol: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<()> {
-    write_frame(publish, protocol, out)
+    write_frame(&publish.view(), protocol, out)
 }
 
 /// [`encoded_len`] for a PUBLISH without building a [`Packet`].
 pub fn publish_encoded_len(publish: &Publish, protocol: ProtocolVersion) -> Result<usize> {
+    frame_len(&publish.view(), protocol)
+}
+
+/// [`encode_publish`] from borrowed parts: no clone of the topic and payload.
+pub fn encode_publish_ref(
+    publish: &PublishRef<'_>,
+    protocol: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<()> {
+    write_frame(publish, protocol, out)
+}
+
+/// [`publish_encoded_len`] from borrowed parts.
+pub fn publish_ref_encoded_len(
+    publish: &PublishRef<'_>,
+    protocol: ProtocolVersion,
+) -> Result<usize> {
     frame_len(publish, protocol)
 }
 
@@ -99,7 +116,7 @@ impl Frame for Packet {
         let (kind, flags) = match self {
             Packet::Connect(_) => (kind::CONNECT, 0),
             Packet::ConnAck(_) => (kind::CONNACK, 0),
-            Packet::Publish(p) => return p.first_byte(protocol),
+            Packet::Publish(p) => return p.view().first_byte(protocol),
             Packet::PubAck(_) => (kind::PUBACK, 0),
             Packet::PubRec(_) => (kind::PUBREC, 0),
             Packet::PubRel(_) => (kind::PUBREL, 0b0010), // [MQTT-3.6.1-1]
@@ -122,7 +139,7 @@ impl Frame for Packet {
         match self {
             Packet::Connect(c) => connect(c, s),
             Packet::ConnAck(c) => connack(c, protocol, s),
-            Packet::Publish(p) => p.body(protocol, s),
+            Packet::Publish(p) => p.view().body(protocol, s),
             Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
                 pub_resp(p, v5, s)
             }
@@ -137,7 +154,7 @@ impl Frame for Packet {
     }
 }
 
-impl Frame for Publish {
+impl Frame for PublishRef<'_> {
     fn first_byte(&self, _: ProtocolVersion) -> Result<u8> {
         let dup = if self.dup { 0b1000 } else { 0 };
         let retain = if self.retain { 0b0001 } else { 0 };
@@ -145,14 +162,14 @@ impl Frame for Publish {
     }
 
     fn body<S: Sink>(&self, protocol: ProtocolVersion, s: &mut S) -> Result<()> {
-        s.string(&self.topic)?;
+        s.string(self.topic)?;
         if self.qos != QoS::AtMostOnce {
             s.u16(self.packet_id);
         }
         if protocol.is_v5() {
             self.properties.write(s)?;
         }
-        s.raw(&self.payload);
+        s.raw(self.payload);
         Ok(())
     }
 }

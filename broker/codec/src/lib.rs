@@ -42,7 +42,10 @@ mod properties_codec;
 
 pub use bytestring::ByteString;
 pub use decode::{FrameInfo, check, decode};
-pub use encode::{encode, encode_publish, encoded_len, publish_encoded_len};
+pub use encode::{
+    encode, encode_publish, encode_publish_ref, encoded_len, publish_encoded_len,
+    publish_ref_encoded_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::*;

@@ -127,6 +127,38 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
+/// A PUBLISH to encode from borrowed parts (see [`crate::encode_publish_ref`]): what a
+/// broker writes to each subscriber of a message it holds. Cloning a shared `Bytes`
+/// topic and payload per subscriber is an atomic increment and, at the drop, a
+/// decrement, on a cache line every delivery of that message shares.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Topic name; may be empty in MQTT 5 when a Topic Alias is carried.
+    pub topic: &'a str,
+    /// Packet identifier; 0 for QoS 0 (absent on the wire), never 0 for QoS 1/2.
+    pub packet_id: u16,
+    pub properties: &'a PublishProperties,
+    pub payload: &'a [u8],
+}
+
+impl Publish {
+    /// The same PUBLISH, borrowed.
+    pub fn view(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: &self.properties,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PubResp {

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ferromq_codec::{
     AckProperties, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, ProtocolVersion,
-    PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    PubResp, Publish, PublishProperties, PublishRef, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -1640,62 +1641,94 @@ impl Connection {
                 ..
             } => {
                 let msg = &delivery.message;
-                let mut publish = Publish {
-                    dup,
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                    topic: msg.topic.clone(),
-                    packet_id,
-                    properties: Default::default(),
-                    payload: msg.payload.clone(),
-                };
+                let (qos, retain) = (delivery.qos, delivery.retain);
+                // Written from borrowed parts: the message's topic and payload are not
+                // cloned per subscriber (see `PublishRef`). Properties are per
+                // subscriber on v5 (subscription ids, remaining expiry, topic alias);
+                // 3.1.x carries none.
+                let mut properties = PublishProperties::default();
                 if self.v5() {
-                    publish.properties = msg.properties.clone();
-                    publish.properties.subscription_identifiers = delivery.subscription_ids;
-                    publish.properties.message_expiry_interval = msg.remaining_expiry(now);
+                    properties = msg.properties.clone();
+                    properties.subscription_identifiers = delivery.subscription_ids;
+                    properties.message_expiry_interval = msg.remaining_expiry(now);
                 }
+                let encoded_len = |topic: &'_ str, properties: &'_ PublishProperties| -> usize {
+                    let publish = PublishRef {
+                        dup,
+                        qos,
+                        retain,
+                        topic,
+                        packet_id,
+                        properties,
+                        payload: &msg.payload,
+                    };
+                    ferromq_codec::publish_ref_encoded_len(&publish, self.protocol)
+                        .unwrap_or(usize::MAX)
+                };
                 // [MQTT-3.1.2-25] a packet above the client's Maximum Packet Size is
                 // discarded as if sent.
-                if let Some(max) = self.client_max_packet_size {
-                    let len = ferromq_codec::publish_encoded_len(&publish, self.protocol)
-                        .unwrap_or(usize::MAX);
-                    if len > max as usize {
-                        Stats::add(&self.broker.stats().dropped_too_large, 1);
-                        if packet_id != 0 {
-                            let seq = self.session.lock().delivery.forget(packet_id);
-                            if let Some(seq) = seq {
-                                self.store_write(|s, c| s.remove_outbound(c, seq));
-                            }
+                if let Some(max) = self.client_max_packet_size
+                    && encoded_len(&msg.topic, &properties) > max as usize
+                {
+                    Stats::add(&self.broker.stats().dropped_too_large, 1);
+                    if packet_id != 0 {
+                        let seq = self.session.lock().delivery.forget(packet_id);
+                        if let Some(seq) = seq {
+                            self.store_write(|s, c| s.remove_outbound(c, seq));
                         }
-                        return;
                     }
+                    return;
                 }
+                // An alias the client already knows replaces the topic with "".
+                let mut aliased = false;
                 if self.v5() && !dup && self.client_topic_alias_maximum > 0 {
-                    match self.rare().outbound_aliases.lookup(&publish.topic) {
+                    match self.rare().outbound_aliases.lookup(&msg.topic) {
                         OutboundTopic::Plain => {}
-                        OutboundTopic::Assign(a) => publish.properties.topic_alias = Some(a),
+                        OutboundTopic::Assign(a) => properties.topic_alias = Some(a),
                         OutboundTopic::Reuse(a) => {
-                            publish.properties.topic_alias = Some(a);
-                            publish.topic = ByteString::new();
+                            properties.topic_alias = Some(a);
+                            aliased = true;
                         }
                     }
                 }
-                tally.publish(publish.qos, publish.payload.len());
+                tally.publish(qos, msg.payload.len());
                 // Publish-to-delivery latency; not for retained messages sent because
                 // of a SUBSCRIBE (their age is storage time) nor for resends.
-                if !dup && !delivery.retain {
+                if !dup && !retain {
                     crate::metrics::observe_delivery(
                         now.saturating_duration_since(msg.received_at),
                     );
                 }
                 if self.flushed.is_some() && (generation.is_some() || !self.gated_is_empty()) {
                     // Behind a durability gate: keep the order of everything sent.
+                    let publish = Publish {
+                        dup,
+                        qos,
+                        retain,
+                        topic: if aliased {
+                            ByteString::new()
+                        } else {
+                            msg.topic.clone()
+                        },
+                        packet_id,
+                        properties,
+                        payload: msg.payload.clone(),
+                    };
                     self.send_after(generation, Packet::Publish(publish));
                     return;
                 }
                 tally.packets += 1;
+                let publish = PublishRef {
+                    dup,
+                    qos,
+                    retain,
+                    topic: if aliased { "" } else { &msg.topic },
+                    packet_id,
+                    properties: &properties,
+                    payload: &msg.payload,
+                };
                 if let Err(e) =
-                    ferromq_codec::encode_publish(&publish, self.protocol, &mut self.wbuf)
+                    ferromq_codec::encode_publish_ref(&publish, self.protocol, &mut self.wbuf)
                 {
                     tracing::warn!(client_id = %self.session.client_id, error = %e, "cannot encode PUBLISH");
                 }
