@@ -180,10 +180,15 @@ class BulkClient:
         self.sock.close()
 
 
-def vm_rss_kib(pid: int) -> int:
-    """The resident set size of process `pid` in KiB (Linux /proc)."""
+def proc_status(pid: int, field: str) -> str:
+    """The value of `field` (e.g. "VmRSS", "FDSize") in /proc/PID/status, as written."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS line")
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"no {field} line")
+
+
+def vm_rss_kib(pid: int) -> int:
+    """The resident set size of process `pid` in KiB (Linux /proc)."""
+    return int(proc_status(pid, "VmRSS").split()[0])

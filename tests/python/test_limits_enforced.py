@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bulkmqtt import proc_status
 from conftest import wait_for
 from mqttclient import (PUBACK, PUBREC, SUBACK, RawClient, connect, encode_subscribe, quiet, raw_connect,
                         unique)
@@ -186,13 +187,6 @@ def test_topic_length_limit(broker_factory):
     assert d is not None and d.reason_code == 0x90, d
 
 
-def _proc_status(pid: int, field: str) -> str:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(field + ":"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(field)
-
-
 def test_worker_threads_and_descriptor_table(broker_factory):
     """limits.worker_threads 1 runs the broker on one runtime worker thread (brokers
     side by side on one host); max_connections 3000 grows the descriptor table to
@@ -203,5 +197,5 @@ def test_worker_threads_and_descriptor_table(broker_factory):
     workers = [t for t in os.listdir(f"/proc/{pid}/task")
                if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "tokio-rt-worker"]
     assert len(workers) == 1, f"runtime worker threads: {len(workers)}"
-    assert int(_proc_status(pid, "FDSize")) >= 3100
+    assert int(proc_status(pid, "FDSize")) >= 3100
     assert _connects(broker)
