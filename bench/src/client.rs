@@ -33,8 +33,13 @@ pub const KEEP_ALIVE: u16 = 600;
 #[derive(Debug, Clone)]
 pub struct ConnOpts {
     pub addr: SocketAddr,
-    /// Local address to bind (spreads ephemeral ports over 127.0.0.x).
+    /// Local address to bind (spreads ephemeral ports over 127.0.0.x); `None` lets
+    /// `connect` choose, which spares a `bind` (and its port search) per connection.
     pub source: Option<IpAddr>,
+    /// Set `TCP_NODELAY`. Off for idle connections, which write one packet at a time
+    /// (Nagle never holds back a segment when nothing is unacknowledged), to spare a
+    /// system call per connection on the loader's saturated core.
+    pub nodelay: bool,
     pub client_id: String,
     pub clean: bool,
     pub quickack: bool,
@@ -68,7 +73,9 @@ impl Conn {
             .connect(opts.addr)
             .await
             .with_context(|| format!("connect {}", opts.addr))?;
-        stream.set_nodelay(true)?;
+        if opts.nodelay {
+            stream.set_nodelay(true)?;
+        }
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(opts.read_buffer),

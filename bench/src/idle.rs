@@ -3,7 +3,10 @@
 //! Raises the loader's RLIMIT_NOFILE to its hard limit, connects N clients with at
 //! most [`CONNECT_CONCURRENCY`] CONNECTs in flight (below Mosquitto's listen backlog),
 //! spreading source addresses over 127.0.0.1, .2, ... every [`PER_SOURCE`]
-//! connections so ephemeral ports (about 28k per source address) do not run out.
+//! connections so ephemeral ports (about 28k per source address) do not run out
+//! (only addresses beyond 127.0.0.1 are bound explicitly: a `bind` per connection
+//! costs the loader's core, which also carries the kernel's side of every handshake
+//! and is the first to saturate; its CPU over the connect phase is reported).
 //! Broker RSS is read before and after (after a settle pause), every connection then
 //! sends a PINGREQ and must answer, and all are closed with RST (SO_LINGER 0) so the
 //! next run does not meet a pile of TIME_WAIT sockets.
@@ -18,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{Conn, ConnOpts};
+use crate::procfs::CpuWindow;
 use crate::report::Report;
 use crate::throughput::CONNECT_CONCURRENCY;
 
@@ -57,15 +61,21 @@ pub async fn run(
     }
     let rss_before = broker_pid.and_then(crate::procfs::rss_kib);
     let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    // CPU over the connect phase: on loopback the loader's core also carries the
+    // kernel's side of every handshake, so it is the first to saturate; the report
+    // says so (`loader_cpu_percent`) rather than pass the loader's limit off as the
+    // broker's.
+    let broker_cpu = broker_pid.and_then(CpuWindow::start);
+    let loader_cpu = CpuWindow::start(std::process::id());
     let started = Instant::now();
     let mut set = JoinSet::new();
     let loopback = addr.ip().is_loopback() && addr.is_ipv4();
     for k in 0..connections {
         let sem = sem.clone();
-        let source = loopback.then(|| {
-            let n = (k / PER_SOURCE) as u8;
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n))
-        });
+        // 127.0.0.1 is what `connect` picks by itself: bind only beyond it.
+        let block = (k / PER_SOURCE) as u8;
+        let source =
+            (loopback && block > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + block)));
         set.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let opts = ConnOpts {
@@ -74,6 +84,7 @@ pub async fn run(
                 client_id: format!("bench-idle-{k}"),
                 clean: true,
                 quickack,
+                nodelay: false,
                 read_buffer: IDLE_READ_BUFFER,
             };
             Conn::connect(&opts).await
@@ -92,6 +103,8 @@ pub async fn run(
         }
     }
     let connect_elapsed = started.elapsed();
+    let broker_cpu = broker_cpu.and_then(|c| c.percent());
+    let loader_cpu = loader_cpu.and_then(|c| c.percent());
     if let Some(e) = first_error {
         eprintln!("ferromq-bench: {failures} of {connections} connections failed; first: {e:#}");
     }
@@ -139,6 +152,8 @@ pub async fn run(
         broker_rss_before_kib: rss_before,
         broker_rss_after_kib: rss_after,
         rss_per_connection_bytes: per_conn,
+        broker_cpu_percent: broker_cpu,
+        loader_cpu_percent: loader_cpu,
         ..Default::default()
     })
 }

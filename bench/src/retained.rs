@@ -29,6 +29,7 @@ pub async fn run(
     let opts = |id: &str| ConnOpts {
         addr,
         source: None,
+        nodelay: true,
         client_id: id.into(),
         clean: true,
         quickack,

@@ -339,6 +339,7 @@ async fn connect_all(
             let opts = ConnOpts {
                 addr: if subscriber { p.sub_addr } else { p.addr },
                 source: None,
+                nodelay: true,
                 client_id: if subscriber {
                     format!("bench-sub-{k}")
                 } else {
