@@ -699,6 +699,7 @@ impl Connection {
             let session = self.session.clone();
             let mut work = std::pin::pin!(session.work_notified());
             let mut was_paused = false;
+            let mut yield_after = false;
             let max_in = self.broker.mqtt().max_packet_size as usize;
             // Anything that arrived together with the CONNECT.
             if !rbuf.is_empty()
@@ -813,6 +814,7 @@ impl Connection {
                             let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
                             if after != before {
                                 deadline = tokio::time::Instant::now() + keep_alive;
+                                yield_after = self.broker.cluster().is_some();
                             }
                             if rbuf.is_empty() && n < READ_SMALL {
                                 // Idle or light traffic: free the buffer until data comes.
@@ -845,6 +847,15 @@ impl Connection {
                         }
                         keep_alive_timer.as_mut().reset(deadline);
                     }
+                }
+                // On a cluster node, the publishes of a read went to the peers' forward
+                // queues: let their writers send them before this loop reads (and
+                // handles) the next chunk, so a publisher's burst travels to the peer
+                // read by read and the peer works on one chunk while this node handles
+                // the next. Without it the loop keeps the worker for as long as the
+                // socket has data and the whole burst leaves at once.
+                if std::mem::take(&mut yield_after) {
+                    tokio::task::yield_now().await;
                 }
             }
         }

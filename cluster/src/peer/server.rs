@@ -146,19 +146,23 @@ async fn receive(
         tokio::select! {
             biased;
             Some(done) = pending.next(), if !pending.is_empty() => {
-                let mut last = done;
-                shared.record_delivered(last.0, last.1, last.2);
-                // Coalesce every delivery that is already complete into one ack.
-                while let Some(Some(more)) = pending.next().now_or_never() {
-                    shared.record_delivered(more.0, more.1, more.2);
-                    last = more;
-                }
-                // Never fails: a watch keeps the value even if the sender went away.
-                ack_tx.send_replace(last.2);
+                shared.record_delivered(done.0, done.1, done.2);
+                ack_completed(&shared, &mut pending, &ack_tx, done.2);
             }
             _ = shared.shutdown.cancelled(), if reading => reading = false,
             msg = inbound.message(), if reading && pending.len() < window => match msg {
-                Ok(Some(batch)) => pending.push_back(start_delivery(&shared, batch)),
+                Ok(Some(batch)) => {
+                    pending.push_back(start_delivery(&shared, batch));
+                    // A delivery into memory completes at once: acknowledge it now,
+                    // then let the local connections write what it queued before the
+                    // next batch is decoded, so the sender's batches and this node's
+                    // writes to subscribers overlap instead of taking turns.
+                    if let Some(Some(done)) = pending.next().now_or_never() {
+                        shared.record_delivered(done.0, done.1, done.2);
+                        ack_completed(&shared, &mut pending, &ack_tx, done.2);
+                    }
+                    tokio::task::yield_now().await;
+                }
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!(%status, "forward stream from peer broke");
@@ -168,6 +172,22 @@ async fn receive(
             else => break,
         }
     }
+}
+
+/// After a delivery completed (its seq `last`): coalesces every following delivery
+/// that is already complete into one cumulative ack and publishes it.
+fn ack_completed(
+    shared: &ServerShared,
+    pending: &mut FuturesOrdered<Delivery>,
+    ack_tx: &watch::Sender<u64>,
+    mut last: u64,
+) {
+    while let Some(Some(more)) = pending.next().now_or_never() {
+        shared.record_delivered(more.0, more.1, more.2);
+        last = more.2;
+    }
+    // Never fails: a watch keeps the value even if the sender went away.
+    ack_tx.send_replace(last);
 }
 
 fn start_delivery(shared: &ServerShared, batch: pb::ForwardBatch) -> Delivery {
