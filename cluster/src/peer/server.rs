@@ -146,8 +146,7 @@ async fn receive(
         tokio::select! {
             biased;
             Some(done) = pending.next(), if !pending.is_empty() => {
-                shared.record_delivered(done.0, done.1, done.2);
-                ack_completed(&shared, &mut pending, &ack_tx, done.2);
+                ack_completed(&shared, &mut pending, &ack_tx, done);
             }
             _ = shared.shutdown.cancelled(), if reading => reading = false,
             msg = inbound.message(), if reading && pending.len() < window => match msg {
@@ -158,8 +157,7 @@ async fn receive(
                     // next batch is decoded, so the sender's batches and this node's
                     // writes to subscribers overlap instead of taking turns.
                     if let Some(Some(done)) = pending.next().now_or_never() {
-                        shared.record_delivered(done.0, done.1, done.2);
-                        ack_completed(&shared, &mut pending, &ack_tx, done.2);
+                        ack_completed(&shared, &mut pending, &ack_tx, done);
                     }
                     tokio::task::yield_now().await;
                 }
@@ -174,20 +172,22 @@ async fn receive(
     }
 }
 
-/// After a delivery completed (its seq `last`): coalesces every following delivery
-/// that is already complete into one cumulative ack and publishes it.
+/// Records `done`, the delivery that just completed at the head of `pending`, and
+/// every following one already complete, then publishes one cumulative ack for them.
 fn ack_completed(
     shared: &ServerShared,
     pending: &mut FuturesOrdered<Delivery>,
     ack_tx: &watch::Sender<u64>,
-    mut last: u64,
+    done: (NodeId, u64, u64),
 ) {
+    let mut last = done;
+    shared.record_delivered(last.0, last.1, last.2);
     while let Some(Some(more)) = pending.next().now_or_never() {
         shared.record_delivered(more.0, more.1, more.2);
-        last = more.2;
+        last = more;
     }
     // Never fails: a watch keeps the value even if the sender went away.
-    ack_tx.send_replace(last);
+    ack_tx.send_replace(last.2);
 }
 
 fn start_delivery(shared: &ServerShared, batch: pb::ForwardBatch) -> Delivery {
