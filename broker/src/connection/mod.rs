@@ -1295,11 +1295,23 @@ impl Connection {
             },
         };
         while let Some(rare) = self.rare.as_deref_mut()
-            && let Some(front) = rare.gated.front()
+            && let Some(front) = rare.gated.front_mut()
         {
             let g = front.generation;
-            if (g > state.done && g > state.failed) || front.confirm.is_some() {
+            if g > state.done && g > state.failed {
                 break;
+            }
+            // A confirmation that already came is taken here rather than through
+            // `rare::wait`: a peer acknowledges a whole batch at once, and taking its
+            // confirmations one wake-up each meant one write per PUBACK.
+            if let Some(confirm) = front.confirm.as_mut() {
+                match confirm.as_mut().now_or_never() {
+                    Some(result) => {
+                        front.confirm = None;
+                        front.failure = result.err();
+                    }
+                    None => break,
+                }
             }
             let Some(Gated {
                 mut packet,
