@@ -18,7 +18,7 @@ import pytest
 
 from clusterutil import grpc_addr, leader_of, start_cluster, start_node, status, wait_joined
 from conftest import ferromq_bin, http_url, wait_for
-from mqttclient import connect, unique
+from mqttclient import PUBACK, connect, encode_publish, raw_connect, unique
 
 
 @pytest.fixture
@@ -84,6 +84,32 @@ def test_pubsub_across_nodes_with_wildcards(cluster3, qos):
         assert [int(m.payload) for m in got_b] == list(range(20))
     for cl in (sub_b, sub_c, pub):
         cl.stop()
+
+
+def test_pipelined_qos1_publishes_across_nodes_are_acknowledged_in_order(cluster3):
+    """A publisher with many QoS 1 messages in flight to a subscriber on another node
+    gets exactly one PUBACK per message, in the order it sent them [MQTT-4.6.0-2],
+    though the peer acknowledges them in batches and the node releases whole runs of
+    them at once; each says the message matched (0x00, not 0x10), and the subscriber
+    gets them all, in order."""
+    a, b, _ = cluster3
+    topic = unique("pipelined")
+    sub = connect(b, protocol=5)
+    sub.subscribe(topic, 1)
+    marker = connect(a, protocol=5)
+    route_ready(marker, sub, topic)
+    marker.stop()
+    pub = raw_connect(a, protocol=5)
+    n = 300
+    pub.send(b"".join(encode_publish(topic, str(i), 1, packet_id=i + 1) for i in range(n)))
+    acks = [pub.expect(PUBACK, 20.0) for _ in range(n)]
+    assert [p.packet_id for p in acks] == list(range(1, n + 1))
+    assert [p.reason_code for p in acks] == [0] * n
+    assert pub.collect(0.3) == [], "no PUBACK twice"
+    got = sub.wait_messages(n, 20.0)
+    assert [int(m.payload) for m in got] == list(range(n))
+    pub.close()
+    sub.stop()
 
 
 def test_shared_subscription_across_nodes_no_loss_no_duplicate(cluster3):
