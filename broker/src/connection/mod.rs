@@ -814,7 +814,7 @@ impl Connection {
                             let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
                             if after != before {
                                 deadline = tokio::time::Instant::now() + keep_alive;
-                                yield_after = self.broker.cluster().is_some();
+                                yield_after = self.broker.yields_after_read();
                             }
                             if rbuf.is_empty() && n < READ_SMALL {
                                 // Idle or light traffic: free the buffer until data comes.
@@ -848,12 +848,13 @@ impl Connection {
                         keep_alive_timer.as_mut().reset(deadline);
                     }
                 }
-                // On a cluster node, the publishes of a read went to the peers' forward
-                // queues: let their writers send them before this loop reads (and
-                // handles) the next chunk, so a publisher's burst travels to the peer
-                // read by read and the peer works on one chunk while this node handles
-                // the next. Without it the loop keeps the worker for as long as the
-                // socket has data and the whole burst leaves at once.
+                // On a cluster node with one runtime worker, the publishes of a read
+                // went to the peers' forward queues: let their writers send them before
+                // this loop reads (and handles) the next chunk, so a publisher's burst
+                // travels to the peer read by read and the peer works on one chunk
+                // while this node handles the next. Without it the loop keeps the
+                // worker for as long as the socket has data and the whole burst leaves
+                // at once. With more workers it is not taken (`Broker::yields_after_read`).
                 if std::mem::take(&mut yield_after) {
                     tokio::task::yield_now().await;
                 }
