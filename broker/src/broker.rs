@@ -237,8 +237,8 @@ impl Broker {
     /// the end and the peer waited. With more workers the yield costs more than it
     /// gives: `yield_now` requeues the task and tokio wakes a parked worker to steal
     /// it, a wake-up and a context switch per read. Measured with two workers per
-    /// node (three nodes on two cores), cross-node QoS 0 went from 385-435k to
-    /// 467-516k msg/s without it (docs/BENCHMARKS.md, cluster section).
+    /// node (three nodes on two cores), cross-node QoS 0 went from 366-435k to
+    /// 422-516k msg/s without it (docs/BENCHMARKS.md, cluster section).
     pub fn yields_after_read(&self) -> bool {
         self.shared
             .yields_after_read
