@@ -118,9 +118,6 @@ struct Shared {
     /// [`crate::cluster_link`]); empty on a single node, whose paths then skip every
     /// cluster step at the cost of one check.
     cluster: std::sync::OnceLock<ferromq_cluster::Cluster>,
-    /// Set with the cluster when the runtime has one worker: see
-    /// [`Broker::yields_after_read`].
-    yields_after_read: std::sync::atomic::AtomicBool,
     /// Cluster node: persistent sessions handed over to another node whose routes
     /// here are kept for a while, so deliveries that still reach them are relayed to
     /// the new owner (see [`Broker::hand_over_session`]). Session id -> new owner.
@@ -206,7 +203,6 @@ impl Broker {
                 gate,
                 retained_budget_logged: AtomicU64::new(u64::MAX),
                 cluster: std::sync::OnceLock::new(),
-                yields_after_read: std::sync::atomic::AtomicBool::new(false),
                 moved: Mutex::new(std::collections::HashMap::new()),
                 imported: tokio::sync::Notify::new(),
             }),
@@ -219,30 +215,8 @@ impl Broker {
     }
 
     /// Attaches the cluster layer (once, at start, before any listener accepts).
-    /// Call it on the broker's runtime: whether connections yield after a read
-    /// ([`Broker::yields_after_read`]) depends on that runtime's worker count.
     pub fn set_cluster(&self, cluster: ferromq_cluster::Cluster) {
-        let one_worker =
-            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
-        self.shared
-            .yields_after_read
-            .store(one_worker, std::sync::atomic::Ordering::Relaxed);
         let _ = self.shared.cluster.set(cluster);
-    }
-
-    /// Whether a connection yields to the runtime after each read it handled: on a
-    /// cluster node with one runtime worker (`limits.worker_threads = 1`, nodes that
-    /// share a host). There the peer link's writer runs only once the connection
-    /// lets go, so without the yield a publisher's whole burst left in one batch at
-    /// the end and the peer waited. With more workers the yield costs more than it
-    /// gives: `yield_now` requeues the task and tokio wakes a parked worker to steal
-    /// it, a wake-up and a context switch per read. Measured with two workers per
-    /// node (three nodes on two cores), cross-node QoS 0 went from 366-435k to
-    /// 422-516k msg/s without it (docs/BENCHMARKS.md, cluster section).
-    pub fn yields_after_read(&self) -> bool {
-        self.shared
-            .yields_after_read
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The durable store, when persistence is enabled.

@@ -601,6 +601,11 @@ impl Cluster {
 
     // ---- data plane ----------------------------------------------------------------
 
+    /// See [`PeerPlane::yields_to_writers`].
+    pub fn yields_to_writers(&self) -> bool {
+        self.plane.yields_to_writers()
+    }
+
     /// Queues `msg` for `node` on the data plane (see [`PeerPlane::forward`]): QoS 0 is
     /// fire and forget (`None`); QoS 1/2 resolve when the peer acknowledged the batch.
     pub fn forward(

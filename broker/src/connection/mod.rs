@@ -814,7 +814,10 @@ impl Connection {
                             let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
                             if after != before {
                                 deadline = tokio::time::Instant::now() + keep_alive;
-                                yield_after = self.broker.yields_after_read();
+                                yield_after = self
+                                    .broker
+                                    .cluster()
+                                    .is_some_and(ferromq_cluster::Cluster::yields_to_writers);
                             }
                             if rbuf.is_empty() && n < READ_SMALL {
                                 // Idle or light traffic: free the buffer until data comes.
@@ -854,7 +857,8 @@ impl Connection {
                 // travels to the peer read by read and the peer works on one chunk
                 // while this node handles the next. Without it the loop keeps the
                 // worker for as long as the socket has data and the whole burst leaves
-                // at once. With more workers it is not taken (`Broker::yields_after_read`).
+                // at once. With more workers it is not taken
+                // (`ferromq_cluster::Cluster::yields_to_writers`).
                 if std::mem::take(&mut yield_after) {
                     tokio::task::yield_now().await;
                 }

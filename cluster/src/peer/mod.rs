@@ -125,12 +125,17 @@ struct Inner {
 }
 
 impl PeerPlane {
+    /// Call it on the node's runtime: whether the data plane yields to the node's
+    /// connections ([`PeerPlane::yields_to_writers`]) depends on its worker count.
     pub fn new(self_id: NodeId, local: Arc<dyn LocalNode>, opts: PeerOptions) -> PeerPlane {
         let metrics = Arc::new(Metrics::new());
+        let yields =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
         let server = Arc::new(ServerShared::new(
             local,
             metrics.clone(),
             opts.window.max(1),
+            yields,
         ));
         PeerPlane {
             inner: Arc::new(Inner {
@@ -145,6 +150,22 @@ impl PeerPlane {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.self_id
+    }
+
+    /// Whether the node's tasks yield to the runtime after each unit of data-plane
+    /// work: a receiving stream after each delivered batch (so this node's
+    /// connections write it before the next is decoded), and the broker's
+    /// connections after each read (so the link writers send it before the next
+    /// read). True on a runtime with one worker (`limits.worker_threads = 1`, nodes
+    /// that share a host), where nothing else runs until the task lets go: without
+    /// the yields a publisher's burst left in one batch and each node waited for the
+    /// other. With more workers a parked worker already picks up the woken tasks,
+    /// and `yield_now` only requeues the task and wakes one more worker to steal it
+    /// back, a wake-up and a context switch per read: with two workers per node
+    /// (three nodes on two cores) cross-node QoS 0 went from 366-435k to 422-516k
+    /// msg/s without them (docs/BENCHMARKS.md, cluster section).
+    pub fn yields_to_writers(&self) -> bool {
+        self.inner.server.yields
     }
 
     /// The gRPC service to `add_service` on the node's tonic `Server`.

@@ -41,6 +41,8 @@ pub(crate) struct ServerShared {
     pub metrics: Arc<Metrics>,
     /// Deliveries in flight per stream.
     pub window: usize,
+    /// Yield after each delivered batch: see [`super::PeerPlane::yields_to_writers`].
+    pub yields: bool,
     /// Cancelled by `PeerPlane::shutdown`: streams stop reading and end.
     pub shutdown: CancellationToken,
     /// Last delivered (epoch, seq) per sending node; one entry per node.
@@ -48,11 +50,17 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
-    pub(crate) fn new(local: Arc<dyn LocalNode>, metrics: Arc<Metrics>, window: usize) -> Self {
+    pub(crate) fn new(
+        local: Arc<dyn LocalNode>,
+        metrics: Arc<Metrics>,
+        window: usize,
+        yields: bool,
+    ) -> Self {
         ServerShared {
             local,
             metrics,
             window,
+            yields,
             shutdown: CancellationToken::new(),
             delivered: Mutex::new(HashMap::new()),
         }
@@ -140,13 +148,6 @@ async fn receive(
     ack_tx: watch::Sender<u64>,
 ) {
     let window = shared.window.max(1);
-    // The yield after each batch lets this node's connections write what it queued
-    // before the next batch is decoded. With one runtime worker nothing else runs
-    // until this task lets go; with more, a parked worker takes the woken
-    // connections, and a yield would only wake one more to steal this task back
-    // (measured: slower, see `Broker::yields_after_read` in the broker).
-    let yields =
-        tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
     let mut pending: FuturesOrdered<Delivery> = FuturesOrdered::new();
     let mut reading = true;
     loop {
@@ -160,14 +161,14 @@ async fn receive(
                 Ok(Some(batch)) => {
                     pending.push_back(start_delivery(&shared, batch));
                     // A delivery into memory completes at once: acknowledge it now,
-                    // then (one worker) let the local connections write what it
-                    // queued before the next batch is decoded, so the sender's batches
-                    // and this node's writes to subscribers overlap instead of taking
-                    // turns.
+                    // then (one runtime worker) let the local connections write what
+                    // it queued before the next batch is decoded, so the sender's
+                    // batches and this node's writes to subscribers overlap instead
+                    // of taking turns.
                     if let Some(Some(done)) = pending.next().now_or_never() {
                         ack_completed(&shared, &mut pending, &ack_tx, done);
                     }
-                    if yields {
+                    if shared.yields {
                         tokio::task::yield_now().await;
                     }
                 }
