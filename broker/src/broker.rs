@@ -390,18 +390,19 @@ impl Broker {
     }
 
     /// A fresh, offline session with a new id, the configured queue limits and the store.
-    fn make_session(&self, client_id: &ByteString) -> Arc<Session> {
+    fn make_session(&self, client_id: &ByteString, persistent: bool) -> Arc<Session> {
         let id: SessionId = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
         Session::new(
             id,
             client_id.clone(),
             self.queue_limits(),
             self.shared.store.clone(),
+            persistent,
         )
     }
 
     fn new_session(&self, client_id: &ByteString, expiry_interval: u32) -> OpenedSession {
-        let session = self.make_session(client_id);
+        let session = self.make_session(client_id, expiry_interval > 0);
         let link = Link::new(self.next_generation());
         {
             let mut inner = session.lock();
@@ -582,7 +583,7 @@ impl Broker {
         drop(router);
         for filter in removed {
             let (group, f) = split_shared(filter);
-            self.announce_route(group, f, false);
+            self.announce_route(session, group, f, false);
         }
     }
 
@@ -850,7 +851,7 @@ impl Broker {
             },
         );
         if !existed {
-            self.announce_route(group, f, true);
+            self.announce_route(session, group, f, true);
         }
         existed
     }
@@ -858,13 +859,14 @@ impl Broker {
     /// Tells the cluster (if any) that a session's subscription to `filter` came or
     /// went; the cluster counts them per filter and replicates only the first and
     /// the last.
-    fn announce_route(&self, group: Option<&str>, filter: &str, added: bool) {
+    fn announce_route(&self, session: &Session, group: Option<&str>, filter: &str, added: bool) {
         let Some(cluster) = self.cluster() else {
             return;
         };
+        let persistent = session.created_persistent;
         match (group, added) {
-            (None, true) => cluster.route_add(filter),
-            (None, false) => cluster.route_remove(filter),
+            (None, true) => cluster.route_add(filter, persistent),
+            (None, false) => cluster.route_remove(filter, persistent),
             (Some(g), true) => cluster.shared_add(g, filter),
             (Some(g), false) => cluster.shared_remove(g, filter),
         }
@@ -901,7 +903,7 @@ impl Broker {
         let (group, f) = split_shared(filter);
         let removed = self.shared.router.write().unsubscribe(f, group, session.id);
         if removed {
-            self.announce_route(group, f, false);
+            self.announce_route(session, group, f, false);
         }
         had || removed
     }
@@ -963,7 +965,8 @@ impl Broker {
             } else {
                 expiry - elapsed_s as u32
             };
-            let session = self.make_session(&client_id);
+            // Restored sessions are persistent: only those are stored.
+            let session = self.make_session(&client_id, true);
             let timer = CancellationToken::new();
             let mut will_delay = None;
             {
@@ -1021,7 +1024,7 @@ impl Broker {
                     },
                 );
                 if !existed {
-                    self.announce_route(group, f, true);
+                    self.announce_route(&session, group, f, true);
                 }
             }
             drop(router);
@@ -1051,7 +1054,7 @@ impl Broker {
             let filters: Vec<ByteString> = session.lock().subscriptions.keys().cloned().collect();
             for filter in filters {
                 let (group, f) = split_shared(&filter);
-                self.announce_route(group, f, true);
+                self.announce_route(&session, group, f, true);
             }
         }
         cluster.routes_reconcile();

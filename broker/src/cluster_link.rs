@@ -6,11 +6,16 @@
 //!   a matching route, and once to one node per shared group that has no local member
 //!   (a local member is preferred). The receiving node delivers to its own sessions
 //!   only ([`Broker::deliver_forwarded`]). A QoS 1/2 publisher's PUBACK/PUBREC waits
-//!   for the peers' acknowledgements up to [`FORWARD_ACK_WAIT`]; after that the
+//!   for the acknowledgements of the peers that hold a persistent session's matching
+//!   route, or a shared group's member, up to [`FORWARD_ACK_WAIT`]; after that the
 //!   message stays queued for the peer (retried until it returns or is removed from
 //!   the cluster) and the publisher is acknowledged, so a node that is down does not
-//!   stall publishers on the others. A full forward queue refuses the message to the
-//!   publisher instead (v5 0x97; 3.1.1 closes unacknowledged so the client resends).
+//!   stall publishers on the others. A peer whose matching routes are all transient
+//!   (only sessions that end with their connection) is not waited for unless its link
+//!   is backlogged (down, or its queue half full): those subscribers lose what is
+//!   queued if the publisher's node crashes, as they lose their own session if theirs
+//!   does. A full forward queue refuses the message to the publisher instead (v5
+//!   0x97; 3.1.1 closes unacknowledged so the client resends).
 //! - **Retained messages** go through Raft: the publisher is acknowledged after the
 //!   commit, and every node applies the change to its own store
 //!   ([`LocalNode::retained_applied`]). A SUBSCRIBE reads retained messages after a
@@ -34,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferromq_cluster::{Cluster, Forward, ForwardError, LocalNode, NodeId};
+use ferromq_cluster::{Cluster, Forward, ForwardError, LocalNode, NodeId, RouteMatch};
 use ferromq_codec::{ByteString, ReasonCode};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -62,7 +67,7 @@ pub fn forward(
     local_groups: &[(ByteString, ByteString)],
     outcome: &mut PublishOutcome,
 ) {
-    let mut nodes: Vec<NodeId> = Vec::new();
+    let mut nodes: Vec<RouteMatch> = Vec::new();
     cluster.remote_routes(&message.topic, &mut nodes);
     let mut groups: Vec<(String, String, Vec<NodeId>)> = Vec::new();
     cluster.remote_shared(&message.topic, &mut groups);
@@ -78,7 +83,7 @@ pub fn forward(
     let encoded = Bytes::from(codec::encode_message(message));
     let topic = message.topic.as_bytes().clone();
     let qos = message.qos as u8;
-    let mut send = |node: NodeId, shared: Option<(String, String)>| {
+    let mut send = |node: NodeId, shared: Option<(String, String)>, wait: bool| {
         let msg = Forward {
             topic: topic.clone(),
             qos,
@@ -87,16 +92,24 @@ pub fn forward(
             target: None,
         };
         outcome.matched += 1;
-        if let Some(ack) = cluster.forward(node, msg) {
+        let ack = if wait {
+            cluster.forward(node, msg)
+        } else {
+            cluster.forward_unawaited(node, msg)
+        };
+        if let Some(ack) = ack {
             outcome.confirms.push(confirm_forward(node, ack));
         }
     };
-    for node in nodes {
-        send(node, None);
+    for route in nodes {
+        // Only a peer whose matching routes are all transient is not waited for.
+        send(route.node, None, !route.transient);
     }
     for (group, filter, members) in groups {
         let node = members[SHARED_CURSOR.fetch_add(1, Ordering::Relaxed) % members.len()];
-        send(node, Some((group, filter)));
+        // Replicated shared groups do not say whether the chosen node's members are
+        // persistent: always waited for.
+        send(node, Some((group, filter)), true);
     }
 }
 

@@ -28,7 +28,7 @@ use crate::raft::Raft;
 use crate::raft::log_store::{LogStore, META_TREE};
 use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
-use crate::raft::state::VERSION;
+use crate::raft::state::{RouteMatch, VERSION};
 use crate::raft::state_machine::StateMachine;
 use crate::status::{ClusterStatus, MemberStatus};
 
@@ -232,28 +232,32 @@ impl Cluster {
 
     // ---- routes ----
 
-    pub fn route_add(&self, filter: &str) {
+    /// A local session subscribed to `filter` (non-shared). `persistent`: the session
+    /// outlives its connection; a route held only by sessions that do not is
+    /// replicated as transient, and publishers elsewhere are acknowledged without
+    /// waiting for this node (docs/ARCHITECTURE.md, "Acknowledgements"). The caller
+    /// passes the same `persistent` to the matching [`Cluster::route_remove`].
+    pub fn route_add(&self, filter: &str, persistent: bool) {
         let mut refs = self.inner.refs.lock();
-        let n = refs.routes.entry(filter.to_owned()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            self.inner.pending.set(
-                Key::Route(filter.to_owned()),
-                Kind::RouteAdd(pb::RouteAdd {
-                    node: self.inner.id,
-                    filter: filter.to_owned(),
-                }),
-            );
+        let n = refs.routes.entry(filter.to_owned()).or_default();
+        n.all += 1;
+        n.persistent += u32::from(persistent);
+        if n.all == 1 || (persistent && n.persistent == 1) {
+            let transient = n.transient();
+            self.propose_route(filter, transient);
         }
     }
 
-    pub fn route_remove(&self, filter: &str) {
+    pub fn route_remove(&self, filter: &str, persistent: bool) {
         let mut refs = self.inner.refs.lock();
         let Some(n) = refs.routes.get_mut(filter) else {
             return;
         };
-        *n -= 1;
-        if *n == 0 {
+        n.all = n.all.saturating_sub(1);
+        if persistent {
+            n.persistent = n.persistent.saturating_sub(1);
+        }
+        if n.all == 0 {
             refs.routes.remove(filter);
             self.inner.pending.set(
                 Key::Route(filter.to_owned()),
@@ -262,7 +266,20 @@ impl Cluster {
                     filter: filter.to_owned(),
                 }),
             );
+        } else if persistent && n.persistent == 0 {
+            self.propose_route(filter, true);
         }
+    }
+
+    fn propose_route(&self, filter: &str, transient: bool) {
+        self.inner.pending.set(
+            Key::Route(filter.to_owned()),
+            Kind::RouteAdd(pb::RouteAdd {
+                node: self.inner.id,
+                filter: filter.to_owned(),
+                transient,
+            }),
+        );
     }
 
     pub fn shared_add(&self, group: &str, filter: &str) {
@@ -305,7 +322,8 @@ impl Cluster {
     }
 
     /// Drops this node's replicated routes and shared memberships whose local count
-    /// is 0 (and re-proposes local ones missing from the replicated state).
+    /// is 0 (and re-proposes local ones missing from the replicated state, or whose
+    /// transient flag differs).
     pub fn routes_reconcile(&self) {
         let me = self.inner.id;
         let (routes, shared) = {
@@ -313,7 +331,7 @@ impl Cluster {
             (s.routes_of(me), s.shared_of(me))
         };
         let refs = self.inner.refs.lock();
-        for f in &routes {
+        for f in routes.keys() {
             if !refs.routes.contains_key(f) {
                 self.inner.pending.set(
                     Key::Route(f.clone()),
@@ -324,15 +342,9 @@ impl Cluster {
                 );
             }
         }
-        for f in refs.routes.keys() {
-            if !routes.contains(f) {
-                self.inner.pending.set(
-                    Key::Route(f.clone()),
-                    Kind::RouteAdd(pb::RouteAdd {
-                        node: me,
-                        filter: f.clone(),
-                    }),
-                );
+        for (f, n) in &refs.routes {
+            if routes.get(f) != Some(&n.transient()) {
+                self.propose_route(f, n.transient());
             }
         }
         for (g, f) in &shared {
@@ -361,7 +373,8 @@ impl Cluster {
         }
     }
 
-    pub fn remote_routes(&self, topic: &str, out: &mut Vec<NodeId>) {
+    /// Other nodes with routes matching `topic`, one entry per node.
+    pub fn remote_routes(&self, topic: &str, out: &mut Vec<RouteMatch>) {
         self.inner
             .sm
             .state
@@ -614,6 +627,15 @@ impl Cluster {
         msg: Forward,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ForwardError>>> {
         self.plane.forward(node, msg)
+    }
+
+    /// See [`PeerPlane::forward_unawaited`].
+    pub fn forward_unawaited(
+        &self,
+        node: NodeId,
+        msg: Forward,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ForwardError>>> {
+        self.plane.forward_unawaited(node, msg)
     }
 
     /// Session handover: `owner` closes the client's connection (v5 0x8E) and hands

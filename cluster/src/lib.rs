@@ -31,4 +31,5 @@ pub use error::ClusterError;
 pub use local::{Forward, LocalNode, NodeId};
 pub use options::{Bootstrap, ClusterOptions, ClusterTls, NodeMeta, RaftTuning};
 pub use peer::{ForwardError, PeerError, PeerOptions, PeerPlane};
+pub use raft::state::RouteMatch;
 pub use status::{ClusterStatus, MemberStatus};

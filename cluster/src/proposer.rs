@@ -2,7 +2,8 @@
 //!
 //! The broker calls `route_add` / `route_remove` (and the shared variants) once per
 //! local subscription; only a filter's 0 -> 1 and 1 -> 0 transitions concern the
-//! cluster. Those transitions land in [`Pending`], a map keyed by what they change
+//! cluster, and for routes also those of its count of persistent sessions (which
+//! make the route's `transient` flag). Those transitions land in [`Pending`], a map keyed by what they change
 //! (route filter, shared group, session release, node meta) holding the *latest
 //! intent*: this is the queue's bound and overflow policy — a newer intent for the
 //! same key replaces the older one, so the map never holds more entries than there
@@ -38,10 +39,25 @@ pub enum Key {
     Meta,
 }
 
+/// Local subscriptions of one filter (non-shared).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RouteRefs {
+    /// All of them.
+    pub all: u32,
+    /// Those of persistent sessions; 0 makes the replicated route transient.
+    pub persistent: u32,
+}
+
+impl RouteRefs {
+    pub fn transient(&self) -> bool {
+        self.persistent == 0
+    }
+}
+
 /// Local subscription counts.
 #[derive(Default)]
 pub struct Refs {
-    pub routes: HashMap<String, u32>,
+    pub routes: HashMap<String, RouteRefs>,
     pub shared: HashMap<(String, String), u32>,
 }
 

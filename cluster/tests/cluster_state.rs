@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use ferromq_cluster::RouteMatch;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -21,8 +22,8 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
     assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
 
     // Routes: ref-counted, visible on the other nodes, never reported for self.
-    n1.cluster.route_add("sensors/+/temp");
-    n1.cluster.route_add("sensors/+/temp");
+    n1.cluster.route_add("sensors/+/temp", true);
+    n1.cluster.route_add("sensors/+/temp", true);
     n1.cluster.shared_add("g1", "jobs/#");
     wait_until("route on n2 and n3", T, || {
         remote_routes(n2, "sensors/a/temp") == vec![ids[0]]
@@ -40,8 +41,8 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
         out == vec![("g1".to_string(), "jobs/#".to_string(), vec![ids[0]])]
     })
     .await;
-    n1.cluster.route_remove("sensors/+/temp");
-    n2.cluster.route_add("other");
+    n1.cluster.route_remove("sensors/+/temp", true);
+    n2.cluster.route_add("other", true);
     wait_until("n2's route on n1", T, || {
         remote_routes(n1, "other") == vec![ids[1]]
     })
@@ -51,9 +52,39 @@ async fn three_nodes_replicate_routes_retained_and_sessions() {
         vec![ids[0]],
         "one local subscriber left"
     );
-    n1.cluster.route_remove("sensors/+/temp");
+    n1.cluster.route_remove("sensors/+/temp", true);
     wait_until("route gone", T, || {
         remote_routes(n2, "sensors/a/temp").is_empty()
+    })
+    .await;
+
+    // A route held only by sessions that end with their connection replicates as
+    // transient (publishers elsewhere need not wait for n1); the first persistent
+    // subscriber makes it persistent, the last one leaving transient again.
+    let on_n1 = |transient| {
+        vec![RouteMatch {
+            node: ids[0],
+            transient,
+        }]
+    };
+    n1.cluster.route_add("t/+", false);
+    wait_until("transient route on n2", T, || {
+        route_matches(n2, "t/1") == on_n1(true)
+    })
+    .await;
+    n1.cluster.route_add("t/+", true);
+    wait_until("persistent route on n2", T, || {
+        route_matches(n2, "t/1") == on_n1(false)
+    })
+    .await;
+    n1.cluster.route_remove("t/+", true);
+    wait_until("transient again on n2", T, || {
+        route_matches(n2, "t/1") == on_n1(true)
+    })
+    .await;
+    n1.cluster.route_remove("t/+", false);
+    wait_until("transient route gone", T, || {
+        route_matches(n2, "t/1").is_empty()
     })
     .await;
 
@@ -168,7 +199,7 @@ async fn leader_failover_and_restart_from_disk() {
         .position(|n| n.cluster.node_id() == leader)
         .unwrap();
     let old = nodes.remove(li);
-    old.cluster.route_add("before/crash");
+    old.cluster.route_add("before/crash", true);
     old.cluster
         .retained_set("keep", Some(Bytes::from_static(b"1")), 0)
         .await
@@ -192,7 +223,7 @@ async fn leader_failover_and_restart_from_disk() {
         .retained_set("after", Some(Bytes::from_static(b"2")), 0)
         .await
         .unwrap();
-    nodes[1].cluster.route_add("after/failover");
+    nodes[1].cluster.route_add("after/failover", true);
 
     // Restart the old leader from its directory: same id, catches up, no re-join.
     let dir = old.dir.clone();
@@ -296,7 +327,7 @@ async fn learner_gets_state_by_snapshot_and_removal_promotes_it() {
             .await
             .unwrap();
     }
-    nodes[1].cluster.route_add("from/two");
+    nodes[1].cluster.route_add("from/two", true);
     wait_until("route replicated", T, || {
         !remote_routes(&nodes[0], "from/two").is_empty()
     })
@@ -425,7 +456,7 @@ async fn mtls_cluster_refuses_a_node_from_another_ca() {
     )
     .await;
     wait_until("two members over mTLS", T, || voters(&n1).len() == 2).await;
-    n1.cluster.route_add("secure/#");
+    n1.cluster.route_add("secure/#", true);
     wait_until("route over mTLS", T, || {
         !remote_routes(&n2, "secure/x").is_empty()
     })
@@ -484,7 +515,7 @@ async fn simultaneous_auto_bootstrap_forms_one_cluster() {
         agreed_leader(&refs).is_some() && refs.iter().all(|n| voters(n).len() == 3)
     })
     .await;
-    nodes[2].cluster.route_add("x/#");
+    nodes[2].cluster.route_add("x/#", true);
     wait_until("route everywhere", T, || {
         remote_routes(&nodes[0], "x/1") == vec![nodes[2].cluster.node_id()]
     })

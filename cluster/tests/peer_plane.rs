@@ -529,6 +529,61 @@ async fn queue_full_refuses_qos1_and_drops_qos0() {
     assert_eq!(b.local.payloads(), expected);
 }
 
+/// A QoS 1 message nobody waits for (transient routes only) is queued without a
+/// receiver, sent and acknowledged like any other; once the queue is half full the
+/// caller gets a receiver to wait on again (backpressure), and a full queue still
+/// refuses at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unawaited_forwards_wait_again_once_the_queue_is_half_full() {
+    let opts = PeerOptions {
+        forward_queue: 4,
+        batch_max: 1,
+        window: 1,
+        ..test_opts()
+    };
+    let a = start_node(1, opts.clone()).await;
+    let b = start_node(2, opts).await;
+    connect(&a, &b, 2);
+    b.local.set_gate(false);
+    // The first message is taken into the (one-batch) window and blocks there.
+    let first = a.plane.forward(2, msg(1, 0)).unwrap();
+    wait_until("first in delivery", Duration::from_secs(10), || {
+        b.local.count() == 1
+    })
+    .await;
+
+    // Queue of 4: free slots 4, 3 and 2 are not backlogged.
+    for i in 1..4 {
+        assert!(
+            a.plane.forward_unawaited(2, msg(1, i)).is_none(),
+            "message {i}"
+        );
+    }
+    // One slot left: less than half free, so the caller waits.
+    let pressed = a.plane.forward_unawaited(2, msg(1, 4)).unwrap();
+    let mut refused = a.plane.forward_unawaited(2, msg(1, 5)).unwrap();
+    assert_eq!(refused.try_recv(), Ok(Err(ForwardError::QueueFull)));
+    let mut unknown = a.plane.forward_unawaited(9, msg(1, 6)).unwrap();
+    assert_eq!(unknown.try_recv(), Ok(Err(ForwardError::UnknownPeer(9))));
+    assert_eq!(
+        metric(
+            &a.registry,
+            "ferromq_cluster_forward_unawaited_total",
+            &[("peer", "2")]
+        ),
+        3.0
+    );
+
+    b.local.set_gate(true);
+    assert_eq!(resolved(first).await, Ok(()));
+    assert_eq!(resolved(pressed).await, Ok(()));
+    let expected: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("m{i}"))).collect();
+    wait_until("all delivered", Duration::from_secs(10), || {
+        b.local.payloads() == expected
+    })
+    .await;
+}
+
 /// remove_peer answers queued and unacknowledged QoS 1 with PeerRemoved; the node is
 /// then unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ import pytest
 from clusterutil import grpc_addr, leader_of, start_cluster, start_node, status, wait_joined
 from conftest import ferromq_bin, http_url, wait_for
 from mqttclient import PUBACK, connect, encode_publish, raw_connect, unique
+from obs import samples
 
 
 @pytest.fixture
@@ -110,6 +111,50 @@ def test_pipelined_qos1_publishes_across_nodes_are_acknowledged_in_order(cluster
     assert [int(m.payload) for m in got] == list(range(n))
     pub.close()
     sub.stop()
+
+
+def test_qos1_acks_wait_only_for_nodes_with_persistent_subscribers(cluster3):
+    """A QoS 1 PUBACK waits for the acknowledgement of a node whose matching subscriber
+    is a persistent session, so a kill -9 of the publisher's node right after its
+    PUBACKs loses nothing for that subscriber (DESIGN.md, "Guarantees"). A node whose
+    matching subscribers are all clean sessions is not waited for: the message is
+    queued, sent and retried as any other, and counted in
+    ferromq_cluster_forward_unawaited_total."""
+    a, b, c = cluster3
+    peer_b, peer_c = status(b)["node_id"], status(c)["node_id"]
+    topic = unique("acks")
+    clean_sub = connect(b, protocol=5)
+    clean_sub.subscribe(f"{topic}/#", 1)
+    pub = connect(a, protocol=5)
+    route_ready(pub, clean_sub, f"{topic}/marker")
+
+    def unawaited(peer):
+        return samples(a).total("ferromq_cluster_forward_unawaited_total", peer=peer)
+
+    before = unawaited(peer_b)
+    for i in range(50):
+        pub.publish(f"{topic}/clean", str(i).encode(), qos=1)
+    assert unawaited(peer_b) - before == 50, "clean subscribers only: not waited for"
+    got = clean_sub.wait_messages(50, 10.0, topic=f"{topic}/clean")
+    assert sorted(int(m.payload) for m in got) == list(range(50))
+
+    keeper = connect(c, client_id=unique("keeper"), protocol=5, clean=False, session_expiry=600)
+    keeper.subscribe(f"{topic}/#", 1)
+    route_ready(pub, keeper, f"{topic}/marker2")
+    before_b, before_c = unawaited(peer_b), unawaited(peer_c)
+    for i in range(20):
+        pub.publish(f"{topic}/probe", str(i).encode(), qos=1)
+    assert unawaited(peer_c) == before_c, "a persistent subscriber's node is waited for"
+    assert unawaited(peer_b) - before_b == 20
+
+    for i in range(200):
+        pub.publish(f"{topic}/kept", str(i).encode(), qos=1)
+    a.stop(signal.SIGKILL)
+    got = keeper.wait_messages(200, 20.0, topic=f"{topic}/kept")
+    assert sorted({int(m.payload) for m in got}) == list(range(200)), \
+        "every acknowledged message reached the persistent subscriber"
+    for cl in (clean_sub, keeper):
+        cl.stop()
 
 
 def test_shared_subscription_across_nodes_no_loss_no_duplicate(cluster3):

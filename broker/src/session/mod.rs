@@ -212,6 +212,13 @@ pub struct Session {
     pub client_id: ByteString,
     /// The durable store, written while the session is persistent (expiry > 0).
     store: Option<Arc<Store>>,
+    /// Whether the session was persistent (expiry > 0) when it was created. On a
+    /// cluster node its subscriptions count as persistent routes for its whole life
+    /// (`Cluster::route_add`), so every add and remove agree. Only a resumed session
+    /// can change: it was persistent (a session that is not ends with its
+    /// connection), and one resumed with expiry 0 still counting as persistent only
+    /// makes publishers elsewhere wait for this node's acknowledgement.
+    pub created_persistent: bool,
     inner: Mutex<SessionInner>,
     /// Wakes the serving connection when deliveries were queued.
     notify: Notify,
@@ -223,11 +230,13 @@ impl Session {
         client_id: ByteString,
         limits: impl Into<Arc<QueueLimits>>,
         store: Option<Arc<Store>>,
+        created_persistent: bool,
     ) -> Arc<Session> {
         Arc::new(Session {
             id,
             client_id,
             store,
+            created_persistent,
             inner: Mutex::new(SessionInner {
                 delivery: SessionState::new(limits),
                 subscriptions: Subscriptions::default(),

@@ -110,6 +110,37 @@ impl Link {
         }
     }
 
+    /// Whether the stream is not up or the queue is more than half full.
+    fn backlogged(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != UP
+            || self.queue.capacity() < self.queue.max_capacity() / 2
+    }
+
+    /// Offer a message whose publisher need not wait for this peer (see
+    /// `PeerPlane::forward_unawaited`): `None` once queued, unless the link is
+    /// backlogged. Waiting while it is backlogged is the backpressure that keeps
+    /// publishers from filling the queue with messages acknowledged at once, which
+    /// would end in `QueueFull` refusals instead of slower acknowledgements. A
+    /// refusal (full queue, removed link) comes back as a receiver already answered.
+    pub(crate) fn offer_unawaited(&self, msg: Forward) -> Option<AckReceiver> {
+        if msg.qos == 0 || self.backlogged() {
+            return self.offer(msg);
+        }
+        let mut rx = self.offer(msg)?;
+        match rx.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => {
+                self.metrics.unawaited.inc();
+                None
+            }
+            Ok(answer) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(answer);
+                Some(rx)
+            }
+            Err(oneshot::error::TryRecvError::Closed) => Some(rx),
+        }
+    }
+
     /// Offer one message. Overflow policy (enforced here, never blocking the caller):
     /// - queue full: QoS 0 dropped (`queue_full`), QoS 1/2 answered `QueueFull` at once;
     /// - stream down after a failure: QoS 0 dropped (`peer_down`), QoS 1/2 queued;

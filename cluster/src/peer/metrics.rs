@@ -39,6 +39,7 @@ pub(crate) struct Metrics {
     dropped: IntCounterVec,
     up: IntGaugeVec,
     announce_dropped: IntCounterVec,
+    unawaited: IntCounterVec,
 }
 
 /// One peer's series, resolved once so the hot path does no label lookups.
@@ -52,6 +53,7 @@ pub(crate) struct PeerMetrics {
     pub peer_removed: IntCounter,
     pub stream_lost: IntCounter,
     pub announce_dropped: IntCounter,
+    pub unawaited: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -96,17 +98,23 @@ impl Metrics {
                 "Clean-session connect announcements not delivered to a peer (queue full or RPC failed)",
                 &["peer"],
             ),
+            unawaited: counter_vec(
+                "ferromq_cluster_forward_unawaited_total",
+                "QoS 1/2 messages queued for a peer whose publisher was acknowledged without waiting for the peer (all its matching routes transient)",
+                &["peer"],
+            ),
         }
     }
 
     pub(crate) fn register(&self, registry: &Registry) {
-        let all: [Box<dyn prometheus::core::Collector>; 6] = [
+        let all: [Box<dyn prometheus::core::Collector>; 7] = [
             Box::new(self.messages.clone()),
             Box::new(self.bytes.clone()),
             Box::new(self.depth.clone()),
             Box::new(self.dropped.clone()),
             Box::new(self.up.clone()),
             Box::new(self.announce_dropped.clone()),
+            Box::new(self.unawaited.clone()),
         ];
         for c in all {
             if let Err(e) = registry.register(c) {
@@ -128,6 +136,7 @@ impl Metrics {
             peer_removed: self.dropped.with_label_values(&[p, reason::PEER_REMOVED]),
             stream_lost: self.dropped.with_label_values(&[p, reason::STREAM_LOST]),
             announce_dropped: self.announce_dropped.with_label_values(&[p]),
+            unawaited: self.unawaited.with_label_values(&[p]),
         }
     }
 
@@ -145,6 +154,7 @@ impl Metrics {
         let _ = self.depth.remove_label_values(&[p]);
         let _ = self.up.remove_label_values(&[p]);
         let _ = self.announce_dropped.remove_label_values(&[p]);
+        let _ = self.unawaited.remove_label_values(&[p]);
     }
 
     pub(crate) fn unknown_peer_drop(&self, node: NodeId) {

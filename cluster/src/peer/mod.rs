@@ -246,6 +246,27 @@ impl PeerPlane {
         Some(rx)
     }
 
+    /// Like [`PeerPlane::forward`], for a QoS 1/2 message whose publisher need not
+    /// wait for this peer (every route of the peer that it matches is held by
+    /// sessions that end with their connection): `None` once it is queued; it is sent,
+    /// acknowledged and retried like any other, only nobody waits for it (counted in
+    /// `ferromq_cluster_forward_unawaited_total`). While the peer's stream is down
+    /// or its queue more than half full, a receiver to wait on as from `forward`
+    /// (backpressure); a refusal comes back as a receiver already answered.
+    pub fn forward_unawaited(
+        &self,
+        node: NodeId,
+        msg: Forward,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ForwardError>>> {
+        {
+            let peers = self.inner.peers.read();
+            if let Some(link) = peers.get(&node) {
+                return link.offer_unawaited(msg);
+            }
+        }
+        self.forward(node, msg)
+    }
+
     /// Session handover: ask `owner` to close the client's connection and hand over
     /// its session (`None`: it had none). One unary RPC; this side waits `rpc_timeout`.
     /// On `Timeout` the owner may still have completed the handover (its session is

@@ -35,16 +35,26 @@ pub struct SessionOwner {
 /// A retained change to report to the local broker after the state lock is released.
 pub type RetainedChange = (String, Option<Bytes>);
 
+/// A node with routes matching a topic (see [`State::remote_routes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub node: NodeId,
+    /// Every matching route of the node is transient: held only by sessions that end
+    /// with their connection (`RouteAdd.transient`).
+    pub transient: bool,
+}
+
 /// The state machine's data and indexes.
 #[derive(Default)]
 pub struct State {
-    routes: BTreeMap<NodeId, BTreeSet<String>>,
+    /// node -> filter -> transient (`RouteAdd.transient`).
+    routes: BTreeMap<NodeId, BTreeMap<String, bool>>,
     shared: BTreeMap<(String, String), BTreeSet<NodeId>>,
     retained: BTreeMap<String, RetainedValue>,
     sessions: BTreeMap<String, SessionOwner>,
     nodes: BTreeMap<NodeId, pb::NodeMeta>,
-    /// filter -> node: every node's routes.
-    route_index: TopicTrie<NodeId, ()>,
+    /// filter -> node: every node's routes (value: transient).
+    route_index: TopicTrie<NodeId, bool>,
     /// filter -> group (value: the filter, to find the members in `shared`).
     shared_index: TopicTrie<String, String>,
 }
@@ -108,7 +118,7 @@ impl State {
             return out;
         }
         match kind {
-            Kind::RouteAdd(r) => self.route_add(r.node, &r.filter),
+            Kind::RouteAdd(r) => self.route_add(r.node, &r.filter, r.transient),
             Kind::RouteRemove(r) => self.route_remove(r.node, &r.filter),
             Kind::SharedAdd(s) => self.shared_add(s.node, &s.group, &s.filter),
             Kind::SharedRemove(s) => self.shared_remove(s.node, &s.group, &s.filter),
@@ -167,24 +177,25 @@ impl State {
         out
     }
 
-    fn route_add(&mut self, node: NodeId, filter: &str) {
+    /// Adds a route, or updates its transient flag.
+    fn route_add(&mut self, node: NodeId, filter: &str, transient: bool) {
         if !valid_filter(filter) {
             tracing::warn!(filter, "ignoring replicated route with an invalid filter");
             return;
         }
-        if self
+        let previous = self
             .routes
             .entry(node)
             .or_default()
-            .insert(filter.to_owned())
-        {
-            self.route_index.insert(filter, node, ());
+            .insert(filter.to_owned(), transient);
+        if previous != Some(transient) {
+            self.route_index.insert(filter, node, transient);
         }
     }
 
     fn route_remove(&mut self, node: NodeId, filter: &str) {
         if let Some(set) = self.routes.get_mut(&node) {
-            if set.remove(filter) {
+            if set.remove(filter).is_some() {
                 self.route_index.remove(filter, &node);
             }
             if set.is_empty() {
@@ -225,8 +236,8 @@ impl State {
 
     fn forget(&mut self, node: NodeId) {
         if let Some(filters) = self.routes.remove(&node) {
-            for f in filters {
-                self.route_index.remove(&f, &node);
+            for f in filters.keys() {
+                self.route_index.remove(f, &node);
             }
         }
         let groups: Vec<(String, String)> = self
@@ -244,19 +255,29 @@ impl State {
 
     // ---- queries ----
 
-    /// Nodes other than `me` with a route matching `topic`, deduplicated, appended.
-    pub fn remote_routes(&self, me: NodeId, topic: &str, out: &mut Vec<NodeId>) {
+    /// Nodes other than `me` with a route matching `topic`, one entry per node
+    /// (transient only when all its matching routes are), appended.
+    pub fn remote_routes(&self, me: NodeId, topic: &str, out: &mut Vec<RouteMatch>) {
         let start = out.len();
-        self.route_index.for_each_match(topic, |node, _| {
-            if *node != me && !out[start..].contains(node) {
-                out.push(*node);
+        self.route_index.for_each_match(topic, |node, transient| {
+            if *node == me {
+                return;
+            }
+            match out[start..].iter_mut().find(|m| m.node == *node) {
+                Some(m) => m.transient &= *transient,
+                None => out.push(RouteMatch {
+                    node: *node,
+                    transient: *transient,
+                }),
             }
         });
     }
 
     /// Whether `node` holds a route for exactly `filter` (non-shared).
     pub fn has_route(&self, node: NodeId, filter: &str) -> bool {
-        self.routes.get(&node).is_some_and(|f| f.contains(filter))
+        self.routes
+            .get(&node)
+            .is_some_and(|f| f.contains_key(filter))
     }
 
     /// (group, filter, nodes other than `me`) for shared groups matching `topic`.
@@ -276,11 +297,9 @@ impl State {
         });
     }
 
-    pub fn routes_of(&self, node: NodeId) -> Vec<String> {
-        self.routes
-            .get(&node)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+    /// `node`'s routes: filter -> transient.
+    pub fn routes_of(&self, node: NodeId) -> BTreeMap<String, bool> {
+        self.routes.get(&node).cloned().unwrap_or_default()
     }
 
     pub fn shared_of(&self, node: NodeId) -> Vec<(String, String)> {
@@ -327,7 +346,16 @@ impl State {
                 .iter()
                 .map(|(n, f)| pb::RouteSet {
                     node: *n,
-                    filters: f.iter().cloned().collect(),
+                    filters: f
+                        .iter()
+                        .filter(|(_, transient)| !**transient)
+                        .map(|(f, _)| f.clone())
+                        .collect(),
+                    transient_filters: f
+                        .iter()
+                        .filter(|(_, transient)| **transient)
+                        .map(|(f, _)| f.clone())
+                        .collect(),
                 })
                 .collect(),
             shared: self
@@ -366,7 +394,10 @@ impl State {
         let mut s = State::default();
         for r in img.routes {
             for f in r.filters {
-                s.route_add(r.node, &f);
+                s.route_add(r.node, &f, false);
+            }
+            for f in r.transient_filters {
+                s.route_add(r.node, &f, true);
             }
         }
         for g in img.shared {
@@ -437,6 +468,7 @@ mod tests {
                 &cmd(Kind::RouteAdd(pb::RouteAdd {
                     node: n,
                     filter: f.into(),
+                    transient: false,
                 })),
                 &|_| true,
                 &mut ch,
@@ -444,8 +476,7 @@ mod tests {
         }
         let mut out = Vec::new();
         s.remote_routes(1, "a/b", &mut out);
-        out.sort();
-        assert_eq!(out, vec![2]);
+        assert_eq!(out, vec![persistent(2)]);
         s.apply(
             &cmd(Kind::RouteRemove(pb::RouteRemove {
                 node: 2,
@@ -467,24 +498,72 @@ mod tests {
         assert!(out.is_empty());
         out.clear();
         s.remote_routes(3, "a/b", &mut out);
-        assert_eq!(out, vec![1]);
+        assert_eq!(out, vec![persistent(1)]);
+    }
+
+    fn persistent(node: NodeId) -> RouteMatch {
+        RouteMatch {
+            node,
+            transient: false,
+        }
+    }
+
+    fn route_add(node: NodeId, filter: &str, transient: bool) -> pb::Command {
+        cmd(Kind::RouteAdd(pb::RouteAdd {
+            node,
+            filter: filter.into(),
+            transient,
+        }))
+    }
+
+    /// A node counts as transient for a topic only when every route of it matching
+    /// the topic is; a newer RouteAdd updates the flag; snapshots keep it.
+    #[test]
+    fn transient_routes_are_tracked_per_node_and_filter() {
+        let mut s = State::default();
+        let mut ch = Vec::new();
+        s.apply(&route_add(2, "a/+", true), &|_| true, &mut ch);
+        s.apply(&route_add(2, "a/b", true), &|_| true, &mut ch);
+        s.apply(&route_add(3, "a/#", false), &|_| true, &mut ch);
+        let matches = |s: &State, topic: &str| {
+            let mut out = Vec::new();
+            s.remote_routes(1, topic, &mut out);
+            out.sort_by_key(|m| m.node);
+            out
+        };
+        let transient = |node| RouteMatch {
+            node,
+            transient: true,
+        };
+        assert_eq!(matches(&s, "a/b"), vec![transient(2), persistent(3)]);
+        // A persistent session on node 2 subscribed to a/b.
+        s.apply(&route_add(2, "a/b", false), &|_| true, &mut ch);
+        assert_eq!(matches(&s, "a/b"), vec![persistent(2), persistent(3)]);
+        assert_eq!(matches(&s, "a/c"), vec![transient(2), persistent(3)]);
+        let copy = State::from_image(s.to_image());
+        assert_eq!(matches(&copy, "a/b"), vec![persistent(2), persistent(3)]);
+        assert_eq!(matches(&copy, "a/c"), vec![transient(2), persistent(3)]);
+        // ... and left again.
+        s.apply(&route_add(2, "a/b", true), &|_| true, &mut ch);
+        assert_eq!(matches(&s, "a/b"), vec![transient(2), persistent(3)]);
+        assert_eq!(
+            s.routes_of(2),
+            BTreeMap::from([("a/+".to_string(), true), ("a/b".to_string(), true)])
+        );
     }
 
     #[test]
     fn additions_for_non_members_are_ignored() {
         let mut s = State::default();
         let mut ch = Vec::new();
-        let add = cmd(Kind::RouteAdd(pb::RouteAdd {
-            node: 9,
-            filter: "a".into(),
-        }));
+        let add = route_add(9, "a", false);
         s.apply(&add, &|n| n != 9, &mut ch);
         let mut out = Vec::new();
         s.remote_routes(1, "a", &mut out);
         assert!(out.is_empty());
         s.apply(&add, &|_| true, &mut ch);
         s.remote_routes(1, "a", &mut out);
-        assert_eq!(out, vec![9]);
+        assert_eq!(out, vec![persistent(9)]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferromq_cluster::{
     Bootstrap, Cluster, ClusterOptions, ClusterTls, Forward, LocalNode, NodeId, RaftTuning,
+    RouteMatch,
 };
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -169,10 +170,16 @@ pub fn learners(n: &Node) -> Vec<NodeId> {
         .collect()
 }
 
+/// The nodes with routes matching `topic`, as `n` sees them, sorted.
 pub fn remote_routes(n: &Node, topic: &str) -> Vec<NodeId> {
+    route_matches(n, topic).iter().map(|m| m.node).collect()
+}
+
+/// [`remote_routes`] with each node's transient flag.
+pub fn route_matches(n: &Node, topic: &str) -> Vec<RouteMatch> {
     let mut out = Vec::new();
     n.cluster.remote_routes(topic, &mut out);
-    out.sort_unstable();
+    out.sort_unstable_by_key(|m| m.node);
     out
 }
 
