@@ -320,7 +320,12 @@ impl Broker {
                             if let Some(timer) = inner.offline_timer.take() {
                                 timer.cancel();
                             }
-                            if clean_start {
+                            // A session with expiry 0 ends with its connection
+                            // (MQTT 5 3.1.2.11.2); one still here had its connection
+                            // detached by force below, and is discarded, not resumed.
+                            // So a session never becomes persistent after it was
+                            // created (`Session::created_persistent`).
+                            if clean_start || inner.expiry_interval == 0 {
                                 inner.ended = true;
                                 let will = inner.pending_will.take();
                                 drop(inner);
@@ -1108,7 +1113,9 @@ impl Broker {
     /// session lock (every earlier delivery is in the export), and the session's
     /// routes stay here, relaying what still matches to `to` ([`Broker::relay_moved`],
     /// acknowledged end to end), until this node's state shows `to` holding every one
-    /// of its filters plus [`RELAY_MARGIN`] for the other nodes to apply the same,
+    /// of its filters as a persistent route (publishers wait for `to`; a transient
+    /// route of `to`'s clean sessions is not enough) plus [`RELAY_MARGIN`] for the
+    /// other nodes to apply the same,
     /// and at most [`RELAY_GRACE`]. A message can then arrive twice (directly and
     /// relayed) during the switch: at least once, never lost.
     pub async fn hand_over_session(
@@ -1160,7 +1167,7 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + RELAY_GRACE;
         if let Some(cluster) = self.cluster() {
             while tokio::time::Instant::now() < deadline
-                && !filters.iter().all(|f| cluster.has_route(to, f))
+                && !filters.iter().all(|f| cluster.has_persistent_route(to, f))
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -1272,5 +1279,30 @@ impl Broker {
                 session.kick(&link, reason);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A session with expiry 0 whose connection had to be detached by force is not
+    /// resumed by a CONNECT without Clean Start: it ended with its connection (MQTT 5
+    /// 3.1.2.11.2). The new session is persistent from its creation, so a cluster
+    /// counts its subscriptions as persistent routes (`Session::created_persistent`).
+    #[tokio::test(start_paused = true)]
+    async fn a_session_with_expiry_0_detached_by_force_is_not_resumed() {
+        let broker = Broker::new(Arc::new(ferromq_config::Config::default()), None);
+        let id = ByteString::from("stuck");
+        let old = broker.open_session(id.clone(), true, 0).await;
+        assert!(!old.session.created_persistent);
+        // The old connection never lets go: the takeover waits TAKEOVER_TIMEOUT (the
+        // paused clock skips it), then detaches it by force.
+        let new = broker.open_session(id.clone(), false, 300).await;
+        assert!(!new.session_present);
+        assert!(!Arc::ptr_eq(&new.session, &old.session));
+        assert!(new.session.created_persistent);
+        assert!(old.session.lock().ended);
     }
 }

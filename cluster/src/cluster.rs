@@ -382,9 +382,14 @@ impl Cluster {
             .remote_routes(self.inner.id, topic, out);
     }
 
-    /// Whether this node's applied state shows a route of `node` for exactly `filter`.
-    pub fn has_route(&self, node: NodeId, filter: &str) -> bool {
-        self.inner.sm.state.read().has_route(node, filter)
+    /// Whether this node's applied state shows a persistent (not transient) route of
+    /// `node` for exactly `filter`: publishers here wait for `node`'s acknowledgement.
+    pub fn has_persistent_route(&self, node: NodeId, filter: &str) -> bool {
+        self.inner
+            .sm
+            .state
+            .read()
+            .has_persistent_route(node, filter)
     }
 
     pub fn remote_shared(&self, topic: &str, out: &mut Vec<(String, String, Vec<NodeId>)>) {

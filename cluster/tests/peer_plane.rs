@@ -476,9 +476,10 @@ async fn peer_down_then_up_delivers_queued_qos1() {
     rt.shutdown_background();
 }
 
-/// Queue full: QoS 1 refused at once with QueueFull, QoS 0 dropped and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_full_refuses_qos1_and_drops_qos0() {
+/// Node 1 linked to node 2 with a queue of 4 and a window of one one-message batch;
+/// node 2's deliveries are held, and the first QoS 1 message (returned) sits in the
+/// window, so every further offer stays in the queue.
+async fn stalled_link_with_queue_of_4() -> (Node, Node, Ack) {
     let opts = PeerOptions {
         forward_queue: 4,
         batch_max: 1,
@@ -489,13 +490,18 @@ async fn queue_full_refuses_qos1_and_drops_qos0() {
     let b = start_node(2, opts).await;
     connect(&a, &b, 2);
     b.local.set_gate(false);
-
-    // The first message is taken into the (one-batch) window and blocks there.
     let first = a.plane.forward(2, msg(1, 0)).unwrap();
     wait_until("first in delivery", Duration::from_secs(10), || {
         b.local.count() == 1
     })
     .await;
+    (a, b, first)
+}
+
+/// Queue full: QoS 1 refused at once with QueueFull, QoS 0 dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_refuses_qos1_and_drops_qos0() {
+    let (a, b, first) = stalled_link_with_queue_of_4().await;
     let queued: Vec<Ack> = (1..5)
         .map(|i| a.plane.forward(2, msg(1, i)).unwrap())
         .collect();
@@ -535,22 +541,7 @@ async fn queue_full_refuses_qos1_and_drops_qos0() {
 /// refuses at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unawaited_forwards_wait_again_once_the_queue_is_half_full() {
-    let opts = PeerOptions {
-        forward_queue: 4,
-        batch_max: 1,
-        window: 1,
-        ..test_opts()
-    };
-    let a = start_node(1, opts.clone()).await;
-    let b = start_node(2, opts).await;
-    connect(&a, &b, 2);
-    b.local.set_gate(false);
-    // The first message is taken into the (one-batch) window and blocks there.
-    let first = a.plane.forward(2, msg(1, 0)).unwrap();
-    wait_until("first in delivery", Duration::from_secs(10), || {
-        b.local.count() == 1
-    })
-    .await;
+    let (a, b, first) = stalled_link_with_queue_of_4().await;
 
     // Queue of 4: free slots 4, 3 and 2 are not backlogged.
     for i in 1..4 {

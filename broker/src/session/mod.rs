@@ -215,9 +215,9 @@ pub struct Session {
     /// Whether the session was persistent (expiry > 0) when it was created. On a
     /// cluster node its subscriptions count as persistent routes for its whole life
     /// (`Cluster::route_add`), so every add and remove agree. Only a resumed session
-    /// can change: it was persistent (a session that is not ends with its
-    /// connection), and one resumed with expiry 0 still counting as persistent only
-    /// makes publishers elsewhere wait for this node's acknowledgement.
+    /// can change, and only from persistent: one with expiry 0 is never resumed
+    /// (`Broker::open_session`), and one resumed with expiry 0 still counting as
+    /// persistent only makes publishers elsewhere wait for this node.
     pub created_persistent: bool,
     inner: Mutex<SessionInner>,
     /// Wakes the serving connection when deliveries were queued.

@@ -273,11 +273,13 @@ impl State {
         });
     }
 
-    /// Whether `node` holds a route for exactly `filter` (non-shared).
-    pub fn has_route(&self, node: NodeId, filter: &str) -> bool {
+    /// Whether `node` holds a persistent (not transient) route for exactly `filter`
+    /// (non-shared).
+    pub fn has_persistent_route(&self, node: NodeId, filter: &str) -> bool {
         self.routes
             .get(&node)
-            .is_some_and(|f| f.contains_key(filter))
+            .and_then(|f| f.get(filter))
+            .is_some_and(|transient| !transient)
     }
 
     /// (group, filter, nodes other than `me`) for shared groups matching `topic`.
@@ -346,11 +348,7 @@ impl State {
                 .iter()
                 .map(|(n, f)| pb::RouteSet {
                     node: *n,
-                    filters: f
-                        .iter()
-                        .filter(|(_, transient)| !**transient)
-                        .map(|(f, _)| f.clone())
-                        .collect(),
+                    filters: f.keys().cloned().collect(),
                     transient_filters: f
                         .iter()
                         .filter(|(_, transient)| **transient)
@@ -393,11 +391,10 @@ impl State {
     pub fn from_image(img: pb::StateImage) -> State {
         let mut s = State::default();
         for r in img.routes {
+            let transient: BTreeSet<String> = r.transient_filters.into_iter().collect();
             for f in r.filters {
-                s.route_add(r.node, &f, false);
-            }
-            for f in r.transient_filters {
-                s.route_add(r.node, &f, true);
+                let t = transient.contains(&f);
+                s.route_add(r.node, &f, t);
             }
         }
         for g in img.shared {
@@ -536,13 +533,25 @@ mod tests {
             transient: true,
         };
         assert_eq!(matches(&s, "a/b"), vec![transient(2), persistent(3)]);
+        assert!(!s.has_persistent_route(2, "a/b"));
+        assert!(s.has_persistent_route(3, "a/#"));
         // A persistent session on node 2 subscribed to a/b.
         s.apply(&route_add(2, "a/b", false), &|_| true, &mut ch);
+        assert!(s.has_persistent_route(2, "a/b"));
+        assert!(!s.has_persistent_route(2, "a/x"));
         assert_eq!(matches(&s, "a/b"), vec![persistent(2), persistent(3)]);
         assert_eq!(matches(&s, "a/c"), vec![transient(2), persistent(3)]);
-        let copy = State::from_image(s.to_image());
+        let image = s.to_image();
+        let copy = State::from_image(image.clone());
         assert_eq!(matches(&copy, "a/b"), vec![persistent(2), persistent(3)]);
         assert_eq!(matches(&copy, "a/c"), vec![transient(2), persistent(3)]);
+        // A node that predates the flag reads every route, transient ones as persistent.
+        let mut old = image;
+        for r in &mut old.routes {
+            r.transient_filters.clear();
+        }
+        let copy = State::from_image(old);
+        assert_eq!(matches(&copy, "a/c"), vec![persistent(2), persistent(3)]);
         // ... and left again.
         s.apply(&route_add(2, "a/b", true), &|_| true, &mut ch);
         assert_eq!(matches(&s, "a/b"), vec![transient(2), persistent(3)]);
