@@ -80,7 +80,7 @@ pub fn forward(
     if nodes.is_empty() && groups.is_empty() {
         return;
     }
-    let encoded = Bytes::from(codec::encode_message(message));
+    let encoded = codec::encode_message_bytes(message);
     let topic = message.topic.as_bytes().clone();
     let qos = message.qos as u8;
     let mut send = |node: NodeId, shared: Option<(String, String)>, wait: bool| {
@@ -125,7 +125,7 @@ pub fn relay(
     let msg = Forward {
         topic: message.topic.as_bytes().clone(),
         qos: message.qos as u8,
-        message: Bytes::from(codec::encode_message(message)),
+        message: codec::encode_message_bytes(message),
         shared: None,
         target: Some(client_id.to_string()),
     };
@@ -179,7 +179,7 @@ pub fn commit_retained(broker: &Broker, message: &Arc<Message>) -> Option<Confir
         return None;
     }
     let topic = message.topic.clone();
-    let body = (!message.payload.is_empty()).then(|| Bytes::from(codec::encode_message(message)));
+    let body = (!message.payload.is_empty()).then(|| codec::encode_message_bytes(message));
     let expires = message
         .expires_at
         .map(codec::instant_to_unix_ms)
@@ -256,13 +256,18 @@ impl LocalNode for BrokerNode {
         let mut generation: Option<u64> = None;
         let mut confirms = Vec::new();
         let mut relayed = Vec::new();
+        // One clock read for the batch: its messages arrived together.
+        let now = std::time::Instant::now();
         for fwd in batch {
+            // Decoded from a copy: topic and payload slices of `fwd.message` would keep
+            // the whole received batch's buffer alive for as long as one of its
+            // messages waits in a session queue.
             let Some(stored) = codec::decode(&fwd.message) else {
                 tracing::warn!("undecodable forwarded message dropped");
                 continue;
             };
-            let message = stored.into_message();
-            if message.is_expired(std::time::Instant::now()) {
+            let message = stored.into_message_received(now);
+            if message.is_expired(now) {
                 continue;
             }
             if let Some(client_id) = fwd.target {

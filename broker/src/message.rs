@@ -62,7 +62,8 @@ impl Message {
         })
     }
 
-    /// A message loaded from the store, with its expiry already absolute.
+    /// A message loaded from the store or forwarded by a peer, with its expiry already
+    /// absolute, received here at `received_at`.
     pub fn restore(
         topic: ByteString,
         payload: Bytes,
@@ -70,6 +71,7 @@ impl Message {
         retain: bool,
         properties: PublishProperties,
         expires_at: Option<Instant>,
+        received_at: Instant,
     ) -> Arc<Message> {
         Arc::new(Message {
             topic,
@@ -78,7 +80,7 @@ impl Message {
             retain,
             properties,
             origin: None,
-            received_at: Instant::now(),
+            received_at,
             expires_at,
         })
     }

@@ -619,9 +619,9 @@ impl Cluster {
 
     // ---- data plane ----------------------------------------------------------------
 
-    /// See [`PeerPlane::yields_to_writers`].
-    pub fn yields_to_writers(&self) -> bool {
-        self.plane.yields_to_writers()
+    /// See [`PeerPlane::packets_per_yield`].
+    pub fn packets_per_yield(&self) -> u64 {
+        self.plane.packets_per_yield()
     }
 
     /// Queues `msg` for `node` on the data plane (see [`PeerPlane::forward`]): QoS 0 is

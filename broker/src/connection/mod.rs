@@ -700,6 +700,8 @@ impl Connection {
             let mut work = std::pin::pin!(session.work_notified());
             let mut was_paused = false;
             let mut yield_after = false;
+            // Packets handled since the last yield (cluster nodes only, see below).
+            let mut unyielded = 0u64;
             let max_in = self.broker.mqtt().max_packet_size as usize;
             // Anything that arrived together with the CONNECT.
             if !rbuf.is_empty()
@@ -814,10 +816,13 @@ impl Connection {
                             let after = self.broker.stats().packets_received.load(std::sync::atomic::Ordering::Relaxed);
                             if after != before {
                                 deadline = tokio::time::Instant::now() + keep_alive;
-                                yield_after = self
-                                    .broker
-                                    .cluster()
-                                    .is_some_and(ferromq_cluster::Cluster::yields_to_writers);
+                                if let Some(cluster) = self.broker.cluster() {
+                                    unyielded += after - before;
+                                    if unyielded >= cluster.packets_per_yield() {
+                                        unyielded = 0;
+                                        yield_after = true;
+                                    }
+                                }
                             }
                             if rbuf.is_empty() && n < READ_SMALL {
                                 // Idle or light traffic: free the buffer until data comes.
@@ -851,14 +856,14 @@ impl Connection {
                         keep_alive_timer.as_mut().reset(deadline);
                     }
                 }
-                // On a cluster node with one runtime worker, the publishes of a read
-                // went to the peers' forward queues: let their writers send them before
-                // this loop reads (and handles) the next chunk, so a publisher's burst
-                // travels to the peer read by read and the peer works on one chunk
-                // while this node handles the next. Without it the loop keeps the
-                // worker for as long as the socket has data and the whole burst leaves
-                // at once. With more workers it is not taken
-                // (`ferromq_cluster::Cluster::yields_to_writers`).
+                // On a cluster node the publishes handled so far went to the peers'
+                // forward queues: let their writers send them before this loop reads
+                // (and handles) more, so a publisher's burst travels to the peer in
+                // parts and the peer works on one part while this node handles the
+                // next. Without it the loop keeps the worker for as long as the socket
+                // has data and the whole burst leaves at once. How often: after every
+                // read on one runtime worker, every 128 packets with more
+                // (`ferromq_cluster::Cluster::packets_per_yield`).
                 if std::mem::take(&mut yield_after) {
                     tokio::task::yield_now().await;
                 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use ferromq_codec::{Packet, ProtocolVersion, Publish, QoS};
 
 use crate::message::{Delivery, Message};
@@ -85,11 +85,21 @@ pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
         properties,
         payload: m.payload.clone(),
     };
-    envelope(m.expires_at, &publish)
+    envelope(m.expires_at, &publish).to_vec()
 }
 
 /// Encodes a message (retained store, wills): its own QoS and retain flag.
 pub fn encode_message(m: &Message) -> Vec<u8> {
+    message_envelope(m).to_vec()
+}
+
+/// [`encode_message`] as `Bytes`, without the copy into a `Vec` (the cluster's
+/// forwarded messages, encoded once per PUBLISH on the hot path).
+pub fn encode_message_bytes(m: &Message) -> Bytes {
+    message_envelope(m).freeze()
+}
+
+fn message_envelope(m: &Message) -> BytesMut {
     let publish = Publish {
         dup: false,
         qos: m.qos,
@@ -102,14 +112,14 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
     envelope(m.expires_at, &publish)
 }
 
-fn envelope(expires_at: Option<Instant>, publish: &Publish) -> Vec<u8> {
+fn envelope(expires_at: Option<Instant>, publish: &Publish) -> BytesMut {
     let mut out = BytesMut::with_capacity(publish.payload.len() + publish.topic.len() + 32);
     out.put_u8(ENVELOPE_VERSION);
     out.put_u64(expires_at.map(instant_to_unix_ms).unwrap_or(0));
     // Encoding only fails for fields above the protocol's limits, which a decoded
     // message cannot have; an empty record is then rejected on load.
     let _ = ferromq_codec::encode_publish(publish, ProtocolVersion::V5, &mut out);
-    out.to_vec()
+    out
 }
 
 /// Whether `bytes` starts with an envelope header this version reads.
@@ -156,6 +166,12 @@ impl Stored {
 
     /// The message, with its expiry mapped back onto the monotonic clock.
     pub fn into_message(self) -> Arc<Message> {
+        self.into_message_received(Instant::now())
+    }
+
+    /// [`Stored::into_message`] with the time it was received here, read once for a
+    /// whole batch (a clock read per message shows in the cluster's profiles).
+    pub fn into_message_received(self, now: Instant) -> Arc<Message> {
         let expires = self.expires_at_unix_ms.map(unix_ms_to_instant);
         let mut properties = self.publish.properties;
         properties.subscription_identifiers.clear();
@@ -166,6 +182,7 @@ impl Stored {
             self.publish.retain,
             properties,
             expires,
+            now,
         )
     }
 

@@ -86,7 +86,7 @@ impl Link {
             state: state.clone(),
             metrics: metrics.clone(),
             cancel: cancel.clone(),
-            carry: VecDeque::new(),
+            carry: Vec::new(),
             in_flight: VecDeque::new(),
             opts: opts.clone(),
         };
@@ -231,8 +231,10 @@ struct Writer {
     state: Arc<AtomicU8>,
     metrics: Arc<PeerMetrics>,
     cancel: CancellationToken,
-    /// Drained from the queue, not yet in a batch (at most `batch_max`).
-    carry: VecDeque<Item>,
+    /// Drained from the queue, not yet in a batch (at most `batch_max`). A `Vec`, so
+    /// `recv_many` fills it in place and a batch drains it from the front: each
+    /// message is moved as few times as possible on the way to the stream.
+    carry: Vec<Item>,
     in_flight: VecDeque<InFlight>,
     opts: Arc<PeerOptions>,
 }
@@ -317,12 +319,12 @@ impl Writer {
             }
         }
         let batch_max = self.opts.batch_max.max(1);
-        let mut buf = Vec::with_capacity(batch_max);
         loop {
             if let Err(end) = self.flush(&out_tx, window) {
                 return end;
             }
             let room = self.in_flight.len() < window && self.carry.len() < batch_max;
+            let want = batch_max.saturating_sub(self.carry.len());
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return End::Stopped,
@@ -334,11 +336,10 @@ impl Writer {
                     Ok(None) => return End::Lost("peer ended the stream".into()),
                     Err(status) => return End::Lost(status.to_string()),
                 },
-                n = self.rx.recv_many(&mut buf, batch_max - self.carry.len()), if room => {
+                n = self.rx.recv_many(&mut self.carry, want), if room => {
                     if n == 0 {
                         return End::Stopped;
                     }
-                    self.carry.extend(buf.drain(..));
                 }
             }
         }
@@ -348,22 +349,23 @@ impl Writer {
     fn flush(&mut self, out: &mpsc::Sender<pb::ForwardBatch>, window: usize) -> Result<(), End> {
         let batch_max = self.opts.batch_max.max(1);
         while self.in_flight.len() < window && !self.carry.is_empty() {
-            let mut messages = Vec::with_capacity(self.carry.len().min(batch_max));
-            let mut resend = Vec::new();
-            let mut acks = Vec::new();
+            // The batch: the longest prefix of `carry` within both limits (at least
+            // one message, however large).
+            let mut take = 0;
             let mut bytes = 0usize;
-            let mut qos0 = 0u64;
-            while let Some(item) = self.carry.front() {
+            for item in &self.carry {
                 let size = item.msg.topic.len() + item.msg.message.len();
-                let full = messages.len() >= batch_max
-                    || (!messages.is_empty() && bytes + size > self.opts.batch_max_bytes);
-                if full {
+                if take >= batch_max || (take > 0 && bytes + size > self.opts.batch_max_bytes) {
                     break;
                 }
-                let Some(item) = self.carry.pop_front() else {
-                    break;
-                };
+                take += 1;
                 bytes += size;
+            }
+            let mut messages = Vec::with_capacity(take);
+            let mut resend = Vec::new();
+            let mut acks = Vec::new();
+            let mut qos0 = 0u64;
+            for item in self.carry.drain(..take) {
                 let m = to_wire(item.msg);
                 match item.ack {
                     Some(ack) => {

@@ -67,6 +67,11 @@ use server::ServerShared;
 
 use crate::{Forward, LocalNode, NodeId};
 
+/// Packets a broker connection handles between yields on a runtime with more than one
+/// worker ([`PeerPlane::packets_per_yield`]): about a quarter of the benchmark's
+/// 500-message window, so a burst leaves in a few batches the peer overlaps with.
+pub const PACKETS_PER_YIELD: u64 = 128;
+
 /// Tuning of the data plane. Zero values are treated as 1 where a zero would stall.
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
@@ -122,20 +127,21 @@ struct Inner {
     metrics: Arc<Metrics>,
     peers: RwLock<HashMap<NodeId, Link>>,
     server: Arc<ServerShared>,
+    /// See [`PeerPlane::packets_per_yield`]: fixed by the runtime's worker count.
+    packets_per_yield: u64,
 }
 
 impl PeerPlane {
-    /// Call it on the node's runtime: whether the data plane yields to the node's
-    /// connections ([`PeerPlane::yields_to_writers`]) depends on its worker count.
+    /// Call it on the node's runtime: how often the node's connections yield to the
+    /// data plane ([`PeerPlane::packets_per_yield`]) depends on its worker count.
     pub fn new(self_id: NodeId, local: Arc<dyn LocalNode>, opts: PeerOptions) -> PeerPlane {
         let metrics = Arc::new(Metrics::new());
-        let yields =
+        let one_worker =
             tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
         let server = Arc::new(ServerShared::new(
             local,
             metrics.clone(),
             opts.window.max(1),
-            yields,
         ));
         PeerPlane {
             inner: Arc::new(Inner {
@@ -144,6 +150,7 @@ impl PeerPlane {
                 metrics,
                 peers: RwLock::new(HashMap::new()),
                 server,
+                packets_per_yield: if one_worker { 1 } else { PACKETS_PER_YIELD },
             }),
         }
     }
@@ -152,20 +159,22 @@ impl PeerPlane {
         self.inner.self_id
     }
 
-    /// Whether the node's tasks yield to the runtime after each unit of data-plane
-    /// work: a receiving stream after each delivered batch (so this node's
-    /// connections write it before the next is decoded), and the broker's
-    /// connections after each read (so the link writers send it before the next
-    /// read). True on a runtime with one worker (`limits.worker_threads = 1`, nodes
-    /// that share a host), where nothing else runs until the task lets go: without
-    /// the yields a publisher's burst left in one batch and each node waited for the
-    /// other. With more workers a parked worker already picks up the woken tasks,
-    /// and `yield_now` only requeues the task and wakes one more worker to steal it
-    /// back, a wake-up and a context switch per read: with two workers per node
-    /// (three nodes on two cores) cross-node QoS 0 went from 366-435k to 422-516k
-    /// msg/s without them (docs/BENCHMARKS.md, cluster section).
-    pub fn yields_to_writers(&self) -> bool {
-        self.inner.server.yields
+    /// How many packets a broker connection handles before it yields to the runtime,
+    /// so the link writers send what it forwarded while it goes on reading. Without
+    /// the yields a publisher's burst leaves in one batch at the end and the peer
+    /// starts on it only then: each node waits for the other. A task the connection
+    /// wakes (the link writer) waits in the worker's LIFO slot, which other workers
+    /// do not steal, until the connection lets go. The receiving side yields after
+    /// each delivered batch for the same reason (`server::receive`).
+    /// - One runtime worker (`limits.worker_threads = 1`, nodes that share a host):
+    ///   1, a yield after every read; nothing else runs on the node meanwhile.
+    /// - More workers: [`PACKETS_PER_YIELD`]. Each yield costs a wake-up and a
+    ///   context switch; one per read was slower than none (cross-node QoS 0, three
+    ///   nodes on two cores: 366-435k msg/s against 422-516k), one per 128 packets
+    ///   with the receiving side's yields faster (docs/BENCHMARKS.md, cluster
+    ///   section).
+    pub fn packets_per_yield(&self) -> u64 {
+        self.inner.packets_per_yield
     }
 
     /// The gRPC service to `add_service` on the node's tonic `Server`.

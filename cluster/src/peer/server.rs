@@ -41,8 +41,6 @@ pub(crate) struct ServerShared {
     pub metrics: Arc<Metrics>,
     /// Deliveries in flight per stream.
     pub window: usize,
-    /// Yield after each delivered batch: see [`super::PeerPlane::yields_to_writers`].
-    pub yields: bool,
     /// Cancelled by `PeerPlane::shutdown`: streams stop reading and end.
     pub shutdown: CancellationToken,
     /// Last delivered (epoch, seq) per sending node; one entry per node.
@@ -50,17 +48,11 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
-    pub(crate) fn new(
-        local: Arc<dyn LocalNode>,
-        metrics: Arc<Metrics>,
-        window: usize,
-        yields: bool,
-    ) -> Self {
+    pub(crate) fn new(local: Arc<dyn LocalNode>, metrics: Arc<Metrics>, window: usize) -> Self {
         ServerShared {
             local,
             metrics,
             window,
-            yields,
             shutdown: CancellationToken::new(),
             delivered: Mutex::new(HashMap::new()),
         }
@@ -161,16 +153,17 @@ async fn receive(
                 Ok(Some(batch)) => {
                     pending.push_back(start_delivery(&shared, batch));
                     // A delivery into memory completes at once: acknowledge it now,
-                    // then (one runtime worker) let the local connections write what
-                    // it queued before the next batch is decoded, so the sender's
-                    // batches and this node's writes to subscribers overlap instead
-                    // of taking turns.
+                    // then let the local connections write what it queued before the
+                    // next batch is decoded, so the sender's batches and this node's
+                    // writes to subscribers overlap instead of taking turns. The
+                    // connections it woke wait in this worker's LIFO slot, which no
+                    // other worker steals: without the yield they wait for as long
+                    // as batches keep coming (the sending side's counterpart is
+                    // `PeerPlane::packets_per_yield`).
                     if let Some(Some(done)) = pending.next().now_or_never() {
                         ack_completed(&shared, &mut pending, &ack_tx, done);
                     }
-                    if shared.yields {
-                        tokio::task::yield_now().await;
-                    }
+                    tokio::task::yield_now().await;
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
