@@ -68,8 +68,10 @@ use server::ServerShared;
 use crate::{Forward, LocalNode, NodeId};
 
 /// Packets a broker connection handles between yields on a runtime with more than one
-/// worker ([`PeerPlane::packets_per_yield`]): about a quarter of the benchmark's
-/// 500-message window, so a burst leaves in a few batches the peer overlaps with.
+/// worker ([`PeerPlane::packets_per_yield`]). Chosen by measurement: of 32, 64, 128,
+/// 256 and 512, 128 gave the highest cross-node QoS 0 rate (docs/BENCHMARKS.md,
+/// cluster section). Fewer packets cost more wake-ups; more leave a burst in too few
+/// batches for the peer to overlap with.
 pub const PACKETS_PER_YIELD: u64 = 128;
 
 /// Tuning of the data plane. Zero values are treated as 1 where a zero would stall.

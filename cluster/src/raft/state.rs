@@ -35,7 +35,7 @@ pub struct SessionOwner {
 /// A retained change to report to the local broker after the state lock is released.
 pub type RetainedChange = (String, Option<Bytes>);
 
-/// A node with routes matching a topic (see [`State::remote_routes`]).
+/// A node with routes matching a topic (see [`Cluster::remote_routes`](crate::Cluster::remote_routes)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteMatch {
     pub node: NodeId,
